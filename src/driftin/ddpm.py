@@ -1,0 +1,91 @@
+"""DDPM maths as pure tensor functions: schedule, forward process, epsilon loss, DDIM sampler.
+
+Ho et al. 2020 (DDPM) for the schedule and loss; Song et al. 2021 (DDIM) for the sampler, in the form of
+diffusers' `DDIMScheduler(clip_sample=True, set_alpha_to_one=True, timestep_spacing="leading")`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+EpsModel = Callable[[Tensor, Tensor], Tensor]
+
+
+def linear_betas(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """DDPM's linear variance schedule beta_1..beta_T, float64 [T]."""
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+
+
+def alphas_cumprod(betas: Tensor) -> Tensor:
+    """alpha_bar_t = prod_{s<=t} (1 - beta_s), same shape and dtype as betas."""
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def _gather(alpha_bar: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """alpha_bar[t] as a (B, 1, 1, 1) tensor in `like`'s dtype and device."""
+    return alpha_bar.to(like.device)[t.long()].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def q_sample(x0: Tensor, t: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
+    """Forward process x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps; t [B] long, x0/noise [B, ...]."""
+    a = _gather(alpha_bar, t, x0)  # (B, 1, 1, 1)
+    return a.sqrt() * x0 + (1.0 - a).sqrt() * noise
+
+
+def ddpm_loss(eps_model: EpsModel, x0: Tensor, t: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
+    """L_simple per sample: mean over pixels of (eps_model(x_t, t) - eps)^2, shape [B]. Caller draws t and noise."""
+    x_t = q_sample(x0, t, noise, alpha_bar)  # (B, C, H, W)
+    eps_hat = eps_model(x_t, t).float()  # fp32 even when the model ran under bf16 autocast
+    return (eps_hat - noise.float()).square().flatten(1).mean(dim=1)  # (B,)
+
+
+def ddim_timesteps(num_steps: int, T: int = 1000) -> Tensor:
+    """Descending DDIM timesteps i * (T // num_steps), i = num_steps-1..0; for 50 of 1000: 980, 960, ..., 0.
+
+    When T is not divisible by num_steps the stride is floored (diffusers' "leading" spacing), so the first
+    step starts below T - T/num_steps; every step still jumps by the same stride.
+    """
+    if not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps must be in [1, {T}], got {num_steps}")
+    return torch.arange(num_steps - 1, -1, -1, dtype=torch.long) * (T // num_steps)  # (num_steps,)
+
+
+@torch.no_grad()
+def ddim_sample(
+    eps_model: EpsModel,
+    x_T: Tensor,
+    num_steps: int = 50,
+    eta: float = 0.0,
+    *,
+    alpha_bar: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """DDIM (Song et al. 2021, eq. 12) from x_T to x_0 in x_T's dtype; eta=0 is deterministic.
+
+    x_0 predictions are clipped to [-1, 1] while the direction term keeps the model's epsilon, and
+    alpha_bar before the first training step is 1, exactly as diffusers' DDIMScheduler(clip_sample=True,
+    set_alpha_to_one=True). eta > 0 draws fresh N(0, I) noise every step from `generator`.
+    """
+    if not 0.0 <= eta <= 1.0:  # eta > 1 makes the direction coefficient's radicand negative
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    if alpha_bar is None:
+        alpha_bar = alphas_cumprod(linear_betas())
+    T = alpha_bar.shape[0]
+    timesteps = ddim_timesteps(num_steps, T)
+    stride = T // num_steps
+    ab = alpha_bar.double().tolist()  # python floats: schedule maths stays float64 whatever x_T's dtype
+    x = x_T
+    for t in timesteps.tolist():
+        a_t = ab[t]
+        a_prev = ab[t - stride] if t - stride >= 0 else 1.0
+        eps = eps_model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)).to(x.dtype)
+        x0_hat = ((x - (1.0 - a_t) ** 0.5 * eps) / a_t**0.5).clamp(-1.0, 1.0)  # (B, C, H, W)
+        # sigma_t(eta) of DDIM eq. 16; zero for eta = 0 (deterministic DDIM).
+        sigma = eta * ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)) ** 0.5
+        x = a_prev**0.5 * x0_hat + (1.0 - a_prev - sigma**2) ** 0.5 * eps
+        if eta > 0:
+            x = x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return x

@@ -1,0 +1,84 @@
+"""The two generators built on the shared UNet, their model files, and the fixed per-sample noise they share.
+
+DDPM: x_T -> 50 DDIM steps of the epsilon-predicting UNet -> x_0.  Drifting: x_0 = UNet(noise, t=DRIFT_T), one pass.
+Sample i always starts from the same noise (a function of (seed, i) alone), so grids, GIFs and FID compare the
+models on identical inputs, whatever the batch size or sample count.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .ddpm import ddim_sample
+from .files import torch_save
+from .unet import build_unet
+
+# The drift generator ignores time; a constant keeps the UNet's interface objective-agnostic.
+DRIFT_T = 0
+KINDS = ("ddpm", "drift")
+
+
+def fixed_noise(indices: range | list[int], shape: tuple[int, int, int], seed: int) -> torch.Tensor:
+    """Standard normal noise [len(indices), *shape]; row i depends only on (seed, indices[i])."""
+    rows = [torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i)) for i in indices]
+    return torch.stack(rows)  # (B, C, H, W)
+
+
+def save_generator(path: str | Path, *, kind: str, preset: str, image_size: int, unet_overrides: dict,
+                   model: nn.Module, ema: nn.Module, meta: dict[str, Any]) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown generator kind {kind!r}; expected one of {KINDS}")
+    torch_save(path, {
+        "kind": kind, "preset": preset, "image_size": image_size, "unet_overrides": unet_overrides,
+        "model": model.state_dict(), "ema": ema.state_dict(), "meta": meta,
+    })
+
+
+def load_generator(path: str | Path, device: torch.device, *, weights: str = "ema") -> tuple[nn.Module, dict]:
+    """Rebuild the UNet from a model file with its EMA (default) or raw weights, in eval mode."""
+    record = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_unet(record["preset"], record["image_size"], **record["unet_overrides"])
+    model.load_state_dict(record[weights])
+    return model.to(device).eval().requires_grad_(False), record
+
+
+def sampler(kind: str, model: nn.Module, ddim_steps: int = 50) -> Callable[[torch.Tensor], torch.Tensor]:
+    """noise [B,3,H,W] -> images in [-1, 1], for either generator."""
+    if kind == "ddpm":
+        return lambda x_T: ddim_sample(model, x_T, num_steps=ddim_steps)
+    if kind == "drift":
+        def one_step(z: torch.Tensor) -> torch.Tensor:
+            t = torch.full((z.shape[0],), DRIFT_T, dtype=torch.long, device=z.device)
+            return model(z, t).clamp(-1, 1)
+        return one_step
+    raise ValueError(f"unknown generator kind {kind!r}; expected one of {KINDS}")
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[-1, 1] NCHW float -> uint8 NHWC."""
+    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> [-1, 1] float NCHW."""
+    x = torch.as_tensor(images)
+    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def generate(sample: Callable[[torch.Tensor], torch.Tensor], num: int, *, image_size: int, seed: int,
+             batch_size: int, device: torch.device, desc: str = "sampling") -> np.ndarray:
+    """Samples 0..num-1 from their fixed noise, as uint8 NHWC."""
+    out = []
+    for start in tqdm(range(0, num, batch_size), desc=desc, dynamic_ncols=True):
+        idx = range(start, min(num, start + batch_size))
+        z = fixed_noise(idx, (3, image_size, image_size), seed).to(device)
+        out.append(to_uint8(sample(z)))
+    return np.concatenate(out)

@@ -1,0 +1,230 @@
+"""One training loop for both objectives: AdamW, warm-up, grad clip, EMA, bf16 on CUDA, DDP, resumable checkpoints.
+
+DDPM and drifting differ only in the `loss_fn` they pass. The loop owns everything that makes a run robust:
+periodic atomic checkpoints keyed by the run's identity, resume after Ctrl-C/kill, a clean stop on NaN/Inf.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from .config import TrainConfig
+from .files import file_digest, torch_save
+from .runtime import DistInfo
+
+# loss_fn(model, generator) -> (scalar loss, {name: float}) for one optimisation step on this rank's share.
+LossFn = Callable[[nn.Module, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/Inf; the last checkpoint on disk is intact."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM arrived; a checkpoint was written first so the next run resumes."""
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    ema: nn.Module
+    history: list[dict[str, float]]
+    steps: int
+    train_seconds: float
+    resumed_from: int
+    images_per_s: float = field(default=0.0)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then constant (the seed's schedule)."""
+    if cfg.warmup == 0:
+        return cfg.lr
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+class _StopSignal:
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so a checkpoint is written before exiting."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopSignal":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # second Ctrl-C: stop right away
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(
+    model: nn.Module,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    *,
+    checkpoint: Path,
+    seed: int,
+    info: DistInfo,
+    device: torch.device,
+    desc: str,
+    log_every: int,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` for cfg.steps, resuming from `checkpoint` if it exists. Only rank 0 writes the checkpoint."""
+    model.to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+    # Per-rank stream for batches and noise; its state is checkpointed so a resumed run draws what it would have.
+    gen = torch.Generator().manual_seed(seed * 1000 + info.rank)
+    history: list[dict[str, float]] = []
+    start, elapsed = 0, 0.0
+
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        rng = state["rng"][info.rank % len(state["rng"])]
+        gen.set_state(rng["gen"])
+        torch.set_rng_state(rng["torch"])
+        history, start, elapsed = state["history"], state["step"], state["elapsed_s"]
+        if info.is_main:
+            tqdm.write(f"[{desc}] resuming from step {start}/{cfg.steps} ({checkpoint})")
+    resumed_from = start
+
+    net = DistributedDataParallel(model) if info.world_size > 1 else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def save(step: int) -> None:
+        rng = _gather_rng_states(gen, info)
+        if info.is_main:
+            torch_save(checkpoint, {
+                "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "rng": rng,
+                "history": history, "step": step, "elapsed_s": elapsed,
+            })
+
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not (progress and info.is_main), dynamic_ncols=True)
+    window: list[float] = []
+    window_stats: dict[str, list[float]] = {}
+    run_elapsed = 0.0  # this process's share of `elapsed`, for images/s
+    tick = time.perf_counter()
+    with _StopSignal() as stop:
+        for step in range(start, cfg.steps):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            net.train()
+            with autocast:
+                loss, stats = loss_fn(net, gen)
+            loss_value = _global_mean(loss.detach().float(), info)
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(
+                    f"[{desc}] the loss became {loss_value} at step {step}. Nothing after the last checkpoint "
+                    f"was kept; {checkpoint} (step {_checkpoint_step(checkpoint)}) is intact. Lower the learning "
+                    "rate or raise warm-up in params.yaml, then re-run: training resumes from that checkpoint."
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            ema_update(ema, model, cfg.ema)
+
+            window.append(loss_value)
+            for k, v in stats.items():
+                window_stats.setdefault(k, []).append(v)
+            done = step + 1
+            now = time.perf_counter()
+            elapsed += now - tick
+            run_elapsed += now - tick
+            tick = now
+            if done % log_every == 0 or done == cfg.steps:
+                row = {"step": done, "loss": sum(window) / len(window), "lr": lr_at(step, cfg)}
+                row.update({k: sum(v) / len(v) for k, v in window_stats.items()})
+                history.append(row)
+                window, window_stats = [], {}
+            ips = (done - resumed_from) * cfg.batch_size / run_elapsed
+            bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{ips:.0f}", refresh=False)
+            bar.update(1)
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                save(done)
+            if _any_rank(stop.received is not None, info):
+                save(done)
+                bar.close()
+                raise TrainingInterrupted(
+                    f"[{desc}] interrupted at step {done}/{cfg.steps}; checkpoint saved to {checkpoint}. "
+                    "Re-run `dvc repro` to resume from it."
+                )
+    bar.close()
+    trained = cfg.steps - resumed_from
+    return TrainResult(
+        model=model, ema=ema, history=history, steps=cfg.steps, train_seconds=elapsed,
+        resumed_from=resumed_from, images_per_s=cfg.batch_size * trained / run_elapsed if trained else 0.0,
+    )
+
+
+def _checkpoint_step(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+
+
+def _global_mean(x: torch.Tensor, info: DistInfo) -> float:
+    if info.world_size > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= info.world_size
+    return float(x)
+
+
+def _any_rank(flag: bool, info: DistInfo) -> bool:
+    if info.world_size == 1:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t)
+    return bool(t.item())
+
+
+def _gather_rng_states(gen: torch.Generator, info: DistInfo) -> list[dict[str, torch.Tensor]]:
+    """Every rank's RNG states (batches/noise and dropout), so a resume continues each rank's streams."""
+    state = {"gen": gen.get_state(), "torch": torch.get_rng_state()}
+    if info.world_size == 1:
+        return [state]
+    out: list[dict[str, torch.Tensor]] = [{} for _ in range(info.world_size)]
+    dist.all_gather_object(out, state)
+    return out
+
+
+def checkpoint_path(stage: str, identity: dict, inputs: list[Path], root: Path) -> Path:
+    """Where `stage` keeps its resumable checkpoint: keyed by a hash of its params and its input files' bytes,
+    so two experiments with different params (or different upstream data) never share a checkpoint."""
+    h = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
+    for p in inputs:
+        h.update(file_digest(p).encode())
+    return root / f"{stage}-{h.hexdigest()[:16]}" / "last.pt"

@@ -1,0 +1,45 @@
+"""Stage `benchmark`: inference speed of the same UNet as DDPM (DDIM, benchmark.ddim_steps) and as the one-step
+drift generator, across execution modes and batch sizes. Compile time is measured separately, never timed in."""
+from driftin import cli
+from driftin.benchmark import benchmark_matrix, device_info, fixed_noise, one_step_sampler, summarize
+from driftin.config import load_params
+from driftin.ddpm import ddim_sample
+from driftin.files import write_csv, write_json
+from driftin.generators import DRIFT_T, load_generator
+from driftin.runtime import configure_threads, resolve_device
+
+
+def main() -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--metrics", default="metrics/benchmark.json")
+    p.add_argument("--plot", default="plots/benchmark.csv")
+    args = p.parse_args()
+    params = load_params(args.params)
+    b = params.benchmark
+    configure_threads()
+    device = resolve_device(params.device)
+    samplers = {
+        "ddpm": lambda m, x_T: ddim_sample(m, x_T, num_steps=b.ddim_steps),
+        "drift": one_step_sampler(DRIFT_T),
+    }
+    rows = []
+    for kind, sample in samplers.items():
+        # Each generator runs with its own trained weights (same architecture, so the same cost per call).
+        model, record = load_generator(f"data/models/{kind}.pt", device)
+        size = record["image_size"]
+        rows += benchmark_matrix(model, {kind: sample}, make_noise=fixed_noise((3, size, size), params.seed),
+                                 modes=b.modes, batch_sizes=b.batch_sizes, repeats=b.repeats, warmup=b.warmup,
+                                 device=device)
+    write_csv(args.plot, rows)
+    summary = summarize(rows)
+    write_json(args.metrics, {**summary, "device": device_info(device), "ddim_steps": b.ddim_steps})
+    for bs, entry in summary["by_batch"].items():
+        best = entry.get("best")
+        if best:
+            print(f"benchmark {bs}: drift {best['drift_images_per_s']:.1f} img/s ({best['drift_mode']}) vs "
+                  f"DDIM-{b.ddim_steps} {best['ddpm_images_per_s']:.2f} img/s ({best['ddpm_mode']}): "
+                  f"{best['ratio']:.0f}x")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,30 @@
+"""Stage `prepare`: the configured dataset -> uint8 train/test arrays under data/prepared/."""
+from pathlib import Path
+
+from driftin import cli
+from driftin.config import load_params
+from driftin.datasets import load_dataset
+from driftin.files import save_npz, write_json
+
+
+def main() -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--out", default="data/prepared")
+    p.add_argument("--metrics", default="metrics/prepare.json")
+    args = p.parse_args()
+    params = load_params(args.params)
+    d = params.data
+    out = Path(args.out)
+    summary = {}
+    for split, num in (("train", d.train_samples), ("test", d.test_samples)):
+        ds = load_dataset(d.dataset, split=split, image_size=d.image_size, root=d.root, num_samples=num,
+                          seed=params.seed, download=d.download)
+        save_npz(out / f"{split}.npz", images=ds.images, labels=ds.labels, class_names=list(ds.class_names))
+        summary[split] = {"images": int(len(ds.images)), "classes": len(ds.class_names)}
+        print(f"prepare: {split}: {len(ds.images)} images of {d.image_size}x{d.image_size}, "
+              f"{len(ds.class_names)} classes -> {out / f'{split}.npz'}")
+    write_json(args.metrics, {"dataset": d.dataset, **summary})
+
+
+if __name__ == "__main__":
+    cli.run(main)

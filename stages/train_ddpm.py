@@ -1,0 +1,39 @@
+"""Stage `train_ddpm`: the shared UNet trained as an epsilon-predicting DDPM (CPU, one GPU, or torchrun DDP)."""
+from pathlib import Path
+
+import torch
+
+from driftin import cli
+from driftin.config import as_dict, load_params
+from driftin.files import load_npz
+from driftin.objectives import ddpm_objective
+from driftin.runtime import configure_threads, init_distributed, seed_everything
+from driftin.training_stage import run_training
+from driftin.unet import build_unet
+
+
+def main() -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--data", default="data/prepared/train.npz")
+    p.add_argument("--out", default="data/models/ddpm.pt")
+    p.add_argument("--metrics", default="metrics/train_ddpm.json")
+    p.add_argument("--plot", default="plots/ddpm_loss.csv")
+    args = p.parse_args()
+    params = load_params(args.params)
+    cfg = params.ddpm
+    configure_threads()
+    info, device = init_distributed(params.device)
+    seed_everything(params.seed + info.rank)
+
+    images = torch.from_numpy(load_npz(args.data)["images"])
+    overrides = {"dropout": params.unet.dropout}
+    model = build_unet(params.unet.preset, params.data.image_size, **overrides)
+    loss_fn = ddpm_objective(images, cfg.batch_size // info.world_size, device)
+    run_training(kind="ddpm", params=params, cfg=cfg, model=model, unet_overrides=overrides, loss_fn=loss_fn,
+                 identity={"seed": params.seed, "unet": as_dict(params.unet), "ddpm": as_dict(cfg)},
+                 inputs=[Path(args.data)], out=args.out, metrics=args.metrics, plot=args.plot, info=info,
+                 device=device, log_every=max(1, cfg.steps // 200))
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,60 @@
+"""Stage `train_drift`: the shared UNet trained as a one-step drifting generator against cached real features
+(CPU, one GPU, or torchrun DDP with the kernel problem spanning the global batch)."""
+from pathlib import Path
+
+import torch
+
+from driftin import cli
+from driftin.config import as_dict, load_params
+from driftin.encoders import build_encoder
+from driftin.objectives import drift_objective
+from driftin.runtime import configure_threads, init_distributed, seed_everything
+from driftin.training_stage import run_training
+from driftin.unet import build_unet
+
+from cache_features import encoder_kwargs
+
+
+def main() -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--features", default="data/features")
+    p.add_argument("--out", default="data/models/drift.pt")
+    p.add_argument("--metrics", default="metrics/train_drift.json")
+    p.add_argument("--plot", default="plots/drift_train.csv")
+    args = p.parse_args()
+    params = load_params(args.params)
+    cfg = params.drift
+    configure_threads()
+    info, device = init_distributed(params.device)
+    seed_everything(params.seed + info.rank)
+
+    feats = Path(args.features)
+    enc_record = torch.load(feats / "encoder.pt", map_location="cpu", weights_only=False)
+    if enc_record["name"] != params.encoder:
+        raise cli.ConfigError(
+            f"{feats / 'encoder.pt'} holds the '{enc_record['name']}' encoder but params.yaml asks for "
+            f"'{params.encoder}'. Run `dvc repro` (it re-runs cache_features first) rather than this stage alone."
+        )
+    encoder = build_encoder(params.encoder, image_size=params.data.image_size,
+                            **encoder_kwargs(params, enc_record["mae_state"])).to(device)
+    real_maps = torch.load(feats / "real.pt", map_location="cpu", weights_only=False)["maps"]
+
+    # The generator must not start from a constant output (every sample equal): keep the default init.
+    overrides = {"dropout": params.unet.dropout}
+    model = build_unet(params.unet.preset, params.data.image_size, **overrides)
+    world = info.world_size
+    loss_fn = drift_objective(
+        encoder, real_maps, batch_size=cfg.batch_size // world, positives=cfg.positives // world,
+        image_size=params.data.image_size, temperatures=cfg.temperatures,
+        drift_kwargs={"tau_times_c": cfg.tau_times_c, "affinity_floor": cfg.affinity_floor},
+        group=info.group, device=device)
+    run_training(kind="drift", params=params, cfg=cfg, model=model, unet_overrides=overrides, loss_fn=loss_fn,
+                 identity={"seed": params.seed, "encoder": params.encoder, "unet": as_dict(params.unet),
+                           "drift": as_dict(cfg)},
+                 inputs=[feats / "encoder.pt", feats / "real.pt"], out=args.out, metrics=args.metrics,
+                 plot=args.plot, info=info, device=device, log_every=max(1, cfg.steps // 200),
+                 extra_metrics={"encoder": params.encoder})
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,199 @@
+"""Unit tests of the drift field and loss (DRIFTING.md sec. 1-2); the DDP form is in test_drift_ddp.py."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from driftin.drift import _affinities, _field, compute_drift, drift_loss
+
+TAUS = (0.02, 0.05, 0.2)
+
+
+def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _unit(C: int, seed: int) -> torch.Tensor:
+    u = _randn(C, seed=seed)
+    return u / u.norm()
+
+
+def test_hand_computed_case():
+    # L=1, C=1, generated x = (0, 1), one positive y = 3, tau = 1. Targets (y, x0, x1).
+    a = 0.0, 1.0
+    y = 3.0
+    d = [[3.0, 0.0, 1.0], [2.0, 1.0, 0.0]]  # d[i][j] = |x_i - t_j|
+    S = sum(map(sum, d)) / 6  # 7/6, diagonal zeros included
+    k = [[math.exp(-dij / S) for dij in row] for row in d]  # exp(logit), tau = 1
+    k[0][1] = k[1][2] = 0.0  # self-exclusion
+    row = [[kij / sum(r) for kij in r] for r in k]
+    col = [[k[i][j] / (k[0][j] + k[1][j]) for j in range(3)] for i in range(2)]
+    A = [[math.sqrt(row[i][j] * col[i][j]) for j in range(3)] for i in range(2)]
+    # One positive and one non-self negative per row: W+ = W- = A+ * A-, so V_i = A+ A- (y - x_other) / S.
+    V = [A[0][0] * A[0][2] * (y - a[1]) / S, A[1][0] * A[1][1] * (y - a[0]) / S]
+    lam = math.sqrt((V[0] ** 2 + V[1] ** 2) / 2)
+    expected = torch.tensor([[[V[0] / lam], [V[1] / lam]]])
+
+    field = _field(torch.tensor([[[a[0]], [a[1]]]]), torch.tensor([[[y]]]), (1.0,), tau_times_c=False,
+                   affinity_floor=0.0, group=None)
+    torch.testing.assert_close(field.V, expected, atol=1e-6, rtol=1e-5)
+    assert field.S.item() == pytest.approx(7 / 6)
+    assert field.lam.item() == pytest.approx(lam, rel=1e-5)
+
+
+def test_drift_points_towards_shifted_positives():
+    L, N, C = 2, 64, 8
+    delta = 1.5 * _unit(C, seed=3)
+    x = _randn(L, N, C, seed=1)
+    y = _randn(L, 96, C, seed=2) + delta
+    V = compute_drift(x, y)  # [L, N, C]
+    assert (V.mean(dim=(0, 1)) @ delta).item() > 0
+    assert (V @ delta > 0).float().mean().item() > 0.9
+
+
+@settings(max_examples=8, deadline=None)
+@given(shift=st.floats(-5.0, 5.0), scale=st.floats(0.1, 10.0), seed=st.integers(0, 2**16))
+def test_invariant_to_common_translation_and_scale(shift: float, scale: float, seed: int):
+    x, y = _randn(2, 12, 5, seed=seed), _randn(2, 9, 5, seed=seed + 1) + 0.5
+    offset = shift * _unit(5, seed + 2)
+    V = compute_drift(x, y)
+    V_moved = compute_drift(scale * (x + offset), scale * (y + offset))
+    torch.testing.assert_close(V_moved, V, atol=2e-4, rtol=1e-3)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_permutation_equivariance(seed: int):
+    x, y = _randn(2, 12, 5, seed=seed), _randn(2, 9, 5, seed=seed + 1) + 0.5
+    g = torch.Generator().manual_seed(seed)
+    perm_x, perm_y = torch.randperm(12, generator=g), torch.randperm(9, generator=g)
+    V = compute_drift(x, y)
+    torch.testing.assert_close(compute_drift(x[:, perm_x], y), V[:, perm_x], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compute_drift(x, y[:, perm_y]), V, atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=8, deadline=None)
+@given(n_tau=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_each_temperature_contributes_unit_rms(n_tau: int, seed: int):
+    # lambda normalisation: one temperature alone gives mean(V~^2) = 1 over all elements of the call.
+    x, y = _randn(3, 10, 4, seed=seed), _randn(3, 7, 4, seed=seed + 1)
+    for tau in TAUS[:n_tau]:
+        assert compute_drift(x, y, (tau,)).square().mean().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_self_affinity_is_exactly_zero():
+    x, y = _randn(1, 6, 3, seed=0), _randn(1, 4, 3, seed=1)
+    t = torch.cat([y, x], dim=1)  # [1, 10, 3]
+    d = torch.cdist(x, t)  # [1, 6, 10]
+    self_mask = torch.zeros(6, 10, dtype=torch.bool)
+    self_mask[torch.arange(6), 4 + torch.arange(6)] = True
+    for floor in (0.0, 1e-3):
+        A_sharp, A_mild = _affinities(d, self_mask, [50.0, 1.0], floor, None)  # [1, 6, 10] each
+        for A in (A_sharp, A_mild):
+            assert torch.all(A[0][self_mask] == 0) and torch.all(A[0][~self_mask] >= floor)
+        assert torch.all(A_mild[0][~self_mask] > 0)  # only the self entries are excluded
+    # A single generated sample has no other negative: without self-exclusion it would drift towards y.
+    assert torch.equal(compute_drift(x[:, :1], y), torch.zeros(1, 1, 3))
+
+
+def test_affinity_floor_one_gives_uniform_kernel():
+    # floor >= every affinity makes A = 1 off self: V_i ~ Np (N-1) (mean(y) - mean_{k != i} x_k).
+    x, y = _randn(1, 6, 3, seed=0), _randn(1, 4, 3, seed=1)
+    V = compute_drift(x, y, (0.05,), affinity_floor=1.0)[0]  # [6, 3]
+    others = (x[0].sum(dim=0) - x[0]) / 5  # [6, 3] mean of the other generated samples
+    expected = y[0].mean(dim=0) - others
+    expected = expected / expected.square().mean().sqrt()
+    torch.testing.assert_close(V, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(compute_drift(x, y, (0.05,)), V[None], atol=1e-2)
+
+
+def test_bf16_inputs_use_fp32_kernel():
+    # At tau = 0.02 the logits span hundreds of units: a bf16 softmax would underflow.
+    x = (30 * _randn(2, 32, 16, seed=0)).bfloat16()
+    y = (30 * _randn(2, 24, 16, seed=1) + 10).bfloat16()
+    V = compute_drift(x, y, (0.02,))
+    assert V.dtype == torch.float32 and torch.isfinite(V).all()
+    torch.testing.assert_close(V, compute_drift(x.float(), y.float(), (0.02,)), atol=1e-5, rtol=1e-5)
+    loss, _ = drift_loss({"f": x.requires_grad_()}, {"f": y}, (0.02,))
+    loss.backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all()
+
+
+def test_tau_times_c_ablation_degrades_to_difference_of_means():
+    # Two-cluster real data, one Gaussian blob generated: a proper kernel drifts each x_i to its near cluster.
+    C = 64
+    x = _randn(1, 64, C, seed=0)
+    centres = 3 * _randn(2, C, seed=1)
+    y = centres[torch.arange(96) % 2][None] + _randn(1, 96, C, seed=2)
+    mean_diff = y.mean(dim=1) - x.mean(dim=1)  # [1, C]
+
+    def mean_cosine(V: torch.Tensor) -> float:
+        return torch.cosine_similarity(V[0], mean_diff, dim=-1).mean().item()
+
+    cos_sqrt_c = mean_cosine(compute_drift(x, y))
+    cos_c = mean_cosine(compute_drift(x, y, tau_times_c=True))
+    assert cos_c > 0.98 and cos_c > cos_sqrt_c + 0.05
+
+
+def test_loss_gradient_is_scaled_drift_and_reaches_generated_only():
+    L, N, C = 3, 10, 6
+    x = {"a": _randn(L, N, C, seed=0).requires_grad_(), "b": _randn(1, N, 2, seed=1).requires_grad_()}
+    y = {"a": (_randn(L, 8, C, seed=2) + 1).requires_grad_(), "b": _randn(1, 8, 2, seed=3).requires_grad_()}
+    loss, stats = drift_loss(x, y)
+    loss.backward()
+    total = 0.0
+    for k in x:
+        V = compute_drift(x[k].detach(), y[k].detach())
+        xd, yd = x[k].detach(), y[k].detach()
+        S = torch.cdist(xd, torch.cat([yd, xd], dim=1)).mean()  # mean distance, diagonal zeros included
+        c = xd.shape[-1]
+        torch.testing.assert_close(x[k].grad, -2 * V * math.sqrt(c) / S / V.numel(), atol=1e-6, rtol=1e-4)
+        assert y[k].grad is None
+        assert stats[f"loss/{k}"] == pytest.approx(V.square().mean().item(), rel=1e-4)
+        total += stats[f"loss/{k}"]
+    assert loss.item() == pytest.approx(total, rel=1e-6)  # group losses are summed
+    assert set(stats) == {"loss", "drift_norm", "energy"} | {f"{s}/{k}" for s in ("loss", "drift_norm", "energy")
+                                                             for k in x}
+
+
+def test_convergence_signals_are_smaller_when_matched():
+    L, N, C = 4, 128, 16
+    x = {"f": _randn(L, N, C, seed=0)}
+    same = {"f": _randn(L, N, C, seed=1)}
+    shifted = {"f": same["f"] + _unit(C, seed=2)}  # one standard deviation along a random direction
+    spread = {"f": 2 * same["f"]}
+    _, s_same = drift_loss(x, same)
+    _, s_shift = drift_loss(x, shifted)
+    _, s_spread = drift_loss(x, spread)
+    assert abs(s_same["energy"]) < 0.01 < s_shift["energy"] < s_spread["energy"]
+    assert s_same["drift_norm"] < s_shift["drift_norm"]
+    # The documented limit of drift_norm: a spread mismatch hides the positives from the sharp kernels.
+    assert s_spread["drift_norm"] < s_same["drift_norm"]
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "y_shape", "kwargs"),
+    [
+        ((2, 4), (2, 4), {}),  # not [L, N, C]
+        ((1, 4, 3), (2, 5, 3), {}),  # L differs
+        ((1, 4, 3), (1, 5, 2), {}),  # C differs
+        ((1, 0, 3), (1, 5, 3), {}),  # no generated
+        ((1, 4, 3), (1, 0, 3), {}),  # no positives
+        ((1, 4, 3), (1, 5, 3), {"temperatures": ()}),
+        ((1, 4, 3), (1, 5, 3), {"temperatures": (0.0,)}),
+        ((1, 4, 3), (1, 5, 3), {"affinity_floor": -1.0}),
+    ],
+)
+def test_bad_inputs_raise(x_shape, y_shape, kwargs):
+    with pytest.raises(ValueError):
+        compute_drift(torch.zeros(x_shape), torch.zeros(y_shape), **kwargs)
+
+
+def test_loss_needs_matching_groups():
+    with pytest.raises(ValueError):
+        drift_loss({"a": torch.zeros(1, 2, 3)}, {"b": torch.zeros(1, 2, 3)})
+    with pytest.raises(ValueError):
+        drift_loss({}, {})
