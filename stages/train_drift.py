@@ -5,14 +5,13 @@ from pathlib import Path
 import torch
 
 from driftin import cli
-from driftin.config import as_dict, load_params
+from driftin.config import ConfigError, as_dict, load_params
 from driftin.encoders import build_encoder
+from driftin.feature_cache import encoder_kwargs
 from driftin.objectives import drift_objective
 from driftin.runtime import configure_threads, init_distributed, seed_everything
 from driftin.training_stage import run_training
 from driftin.unet import build_unet
-
-from cache_features import encoder_kwargs
 
 
 def main() -> None:
@@ -31,7 +30,7 @@ def main() -> None:
     feats = Path(args.features)
     enc_record = torch.load(feats / "encoder.pt", map_location="cpu", weights_only=False)
     if enc_record["name"] != params.encoder:
-        raise cli.ConfigError(
+        raise ConfigError(
             f"{feats / 'encoder.pt'} holds the '{enc_record['name']}' encoder but params.yaml asks for "
             f"'{params.encoder}'. Run `dvc repro` (it re-runs cache_features first) rather than this stage alone."
         )

@@ -1,0 +1,80 @@
+"""Shared fixtures: a throw-away git+DVC copy of this repository with micro params, for end-to-end tests."""
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Seconds, not minutes: every stage runs for real on tiny sizes.
+MICRO = {
+    "data": {"image_size": 16, "train_samples": 200, "test_samples": 40},
+    "unet": {"preset": "tiny"},
+    "ddpm": {"steps": 6, "batch_size": 8, "warmup": 2, "checkpoint_every": 2},
+    "drift": {"steps": 4, "batch_size": 8, "positives": 16, "warmup": 2, "checkpoint_every": 2},
+    "encoders": {"cache_images": 32, "mae": {"steps": 3, "batch_size": 16}},
+    "evaluate": {"num_samples": 24, "ddim_steps": 5, "batch_size": 24, "kid_subset_size": 12,
+                 "evaluator": {"steps": 5, "batch_size": 16}},
+    "benchmark": {"modes": ["eager_fp32", "eager_bf16"], "batch_sizes": [1, 2], "ddim_steps": 5, "repeats": 1},
+    "render": {"grid_samples": 8},
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) else v
+    return out
+
+
+def micro_params() -> dict:
+    return merge(yaml.safe_load((REPO / "params.yaml").read_text()), MICRO)
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e.update(DVC_NO_ANALYTICS="1", PATH=f"{BIN}{os.pathsep}{e.get('PATH', '')}", OMP_NUM_THREADS="2",
+             PYTHONUNBUFFERED="1")
+    return e
+
+
+def sh(cwd: Path, *cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=kw.pop("env", env()), capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def commit(repo: Path, message: str) -> None:
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
+
+
+def make_repo(dest: Path, params: dict) -> Path:
+    """Copy the tracked and untracked-but-not-ignored files into `dest`, with `params`, as a fresh git repo."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        src = REPO / rel
+        if src.is_file() and not rel.startswith(("metrics/", "plots/")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(dest, "git", "init", "-q")
+    commit(dest, "micro")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def micro_repo(tmp_path_factory) -> Path:
+    """A micro-params copy of the repo on which `dvc repro` has run once, its results committed at HEAD."""
+    repo = make_repo(tmp_path_factory.mktemp("micro"), micro_params())
+    sh(repo, "dvc", "repro")
+    commit(repo, "baseline results")
+    return repo
