@@ -8,7 +8,7 @@ from torch import nn
 
 from driftin.config import TrainConfig
 from driftin.runtime import DistInfo
-from driftin.trainer import TrainingDiverged, TrainingInterrupted, checkpoint_path, train
+from driftin.trainer import TrainingDiverged, TrainingInterrupted, checkpoint_path, ema_decay, train
 
 SINGLE = DistInfo(rank=0, world_size=1, local_rank=0)
 
@@ -86,3 +86,11 @@ def test_checkpoint_path_depends_on_params_and_inputs(tmp_path):
     assert a != checkpoint_path("train_x", {"lr": 2}, [data], tmp_path)
     data.write_bytes(b"abd")
     assert a != checkpoint_path("train_x", {"lr": 1}, [data], tmp_path)
+
+
+def test_ema_decay_warms_up_then_caps():
+    c = cfg(ema=0.999)
+    decays = [ema_decay(s, c) for s in range(0, 20000, 50)]
+    assert decays[0] == pytest.approx(0.1)
+    assert all(a <= b for a, b in zip(decays, decays[1:]))
+    assert decays[-1] == 0.999

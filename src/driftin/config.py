@@ -168,7 +168,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     unknown = [k for k in raw if k not in fields]
     if unknown:
         key = unknown[0]
-        close = difflib.get_close_matches(str(key), fields, n=1)
+        missing = [f for f in fields if f not in raw]
+        close = difflib.get_close_matches(str(key), missing or fields, n=1) or missing[:1]
         hint = f" Did you mean '{prefix}{close[0]}'?" if close else f" Valid keys here: {', '.join(fields)}."
         raise ConfigError(f"params.yaml: unknown key '{prefix}{key}'.{hint}")
     values = {}

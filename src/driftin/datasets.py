@@ -63,6 +63,7 @@ class CIFAR10(torchvision.datasets.CIFAR10):
 
 
 def _cifar10_unavailable(root: Path, reason: str) -> DatasetUnavailable:
+    root = root.absolute()  # the message must say where, whatever directory the stage ran in
     folder = root / CIFAR10.base_folder
     return DatasetUnavailable(
         f"CIFAR-10 is not available: expected the folder '{CIFAR10.base_folder}' at {folder} ({reason}). "
@@ -141,7 +142,8 @@ def load_folder(
     """
     root = Path(root)
     if not root.is_dir():
-        raise DatasetUnavailable(f"image folder {root} does not exist")
+        raise DatasetUnavailable(f"image folder {root.absolute()} does not exist: put your images there (subfolders "
+                                 "become class labels) or point data.root in params.yaml at them")
     paths = _image_paths(root)
     if len(paths) < 2:
         raise DatasetUnavailable(

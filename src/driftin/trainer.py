@@ -55,6 +55,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup)
 
 
+def ema_decay(step: int, cfg: TrainConfig) -> float:
+    """cfg.ema with a warm-up, (1 + step) / (10 + step) early on: a fixed 0.999 would keep most of the random
+    initialisation in the EMA for the first thousands of steps, which ruins short runs."""
+    return min(cfg.ema, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
@@ -154,7 +160,7 @@ def train(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            ema_update(ema, model, cfg.ema)
+            ema_update(ema, model, ema_decay(step, cfg))
 
             window.append(loss_value)
             for k, v in stats.items():

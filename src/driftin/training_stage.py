@@ -35,6 +35,7 @@ def run_training(*, kind: str, params: Params, cfg: TrainConfig, model: nn.Modul
     last = result.history[-1]
     write_json(metrics, {
         "steps": result.steps,
+        "batch_size": cfg.batch_size,
         "final_loss": last["loss"],
         **{k: v for k, v in last.items() if k not in ("step", "loss", "lr")},
         "train_seconds": round(result.train_seconds, 2),

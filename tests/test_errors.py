@@ -1,0 +1,58 @@
+"""The errors a newcomer meets: each stage exits 1 with one readable paragraph saying what to do, no traceback."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, env, merge, micro_params
+
+
+def run_stage(tmp_path: Path, stage: str, params: dict, *args: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return subprocess.run([sys.executable, str(REPO / "stages" / stage), "--params", str(path), *args],
+                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+def test_missing_cifar10_offline(tmp_path):
+    params = merge(micro_params(), {"data": {"dataset": "cifar10", "root": "offline", "download": False}})
+    proc = run_stage(tmp_path, "prepare.py", params)
+    assert_clean_failure(proc, "cifar-10-batches-py", str(tmp_path / "offline"))
+
+
+def test_unknown_encoder(tmp_path):
+    proc = run_stage(tmp_path, "cache_features.py", merge(micro_params(), {"encoder": "dino"}))
+    assert_clean_failure(proc, "'encoder'", "dinov2")
+
+
+def test_params_typo(tmp_path):
+    params = micro_params()
+    params["ddpm"]["learning_rate"] = params["ddpm"].pop("lr")
+    proc = run_stage(tmp_path, "train_ddpm.py", params)
+    assert_clean_failure(proc, "unknown key 'ddpm.learning_rate'", "'ddpm.lr'")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_on_cpu_machine(tmp_path):
+    proc = run_stage(tmp_path, "train_ddpm.py", merge(micro_params(), {"device": "cuda"}))
+    assert_clean_failure(proc, "device: cuda", "device: auto")
+
+
+def test_missing_pretrained_weights_offline(tmp_path, monkeypatch):
+    params = merge(micro_params(), {"encoder": "resnet18",
+                                    "encoders": {"resnet18": {"weights": str(tmp_path / "nowhere.pth")}}})
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    import numpy as np
+    np.savez(tmp_path / "data/prepared/train.npz", images=np.zeros((4, 16, 16, 3), np.uint8),
+             labels=np.zeros(4, np.int64), class_names=["a"])
+    proc = run_stage(tmp_path, "cache_features.py", params)
+    assert_clean_failure(proc, "nowhere.pth")
