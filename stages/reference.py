@@ -4,6 +4,8 @@ cifar10: torch-fidelity's Inception-v3. shapes / folder: Inception is meaningles
 a small evaluator classifier is trained on the dataset's labels (a separate network from any drift encoder)."""
 from pathlib import Path
 
+import torch
+
 from driftin import cli
 from driftin.config import load_params
 from driftin.evaluator import train_evaluator
@@ -35,11 +37,15 @@ def main() -> None:
                                          device=str(device))
         extractor, weights = "evaluator", str(out / "evaluator.pt")
         torch_save(weights, state)
-    reference_features(train["images"], extractor=extractor, weights_path=weights, batch_size=ev.batch_size,
+    # A fixed random subset (folder datasets are stored class by class); all of it if the set is smaller.
+    gen = torch.Generator().manual_seed(params.seed)
+    subset = torch.randperm(len(train["images"]), generator=gen)[: ev.reference_samples].sort().values.numpy()
+    reference = train["images"][subset]
+    reference_features(reference, extractor=extractor, weights_path=weights, batch_size=ev.batch_size,
                        device=str(device), path=str(out / "reference.npz"))
     write_json(out / "extractor.json", {"extractor": extractor, "weights": weights})
-    write_json(args.metrics, {"extractor": extractor, "reference_images": int(len(train["images"])), **summary})
-    print(f"reference: {extractor} features of {len(train['images'])} training images -> {out / 'reference.npz'}")
+    write_json(args.metrics, {"extractor": extractor, "reference_images": int(len(reference)), **summary})
+    print(f"reference: {extractor} features of {len(reference)} training images -> {out / 'reference.npz'}")
 
 
 if __name__ == "__main__":

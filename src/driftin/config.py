@@ -107,6 +107,7 @@ class EvaluatorParams:
 class EvaluateConfig:
     num_samples: int
     ddim_steps: int
+    reference_samples: int
     batch_size: int
     kid_subset_size: int
     inception_weights: str | None
@@ -300,7 +301,7 @@ def validate(p: Params) -> None:
     _require(e.dinov2.resize % 14 == 0, "encoders.dinov2.resize", "must be a multiple of the ViT patch size 14")
 
     ev = p.evaluate
-    for name in ("num_samples", "ddim_steps", "batch_size", "kid_subset_size"):
+    for name in ("num_samples", "ddim_steps", "reference_samples", "batch_size", "kid_subset_size"):
         _positive(getattr(ev, name), f"evaluate.{name}")
     _require(ev.ddim_steps <= 1000, "evaluate.ddim_steps", "must be <= 1000 (the DDPM training steps T)")
     _require(
@@ -309,6 +310,8 @@ def validate(p: Params) -> None:
         f"({ev.kid_subset_size}) must not exceed evaluate.num_samples ({ev.num_samples}) "
         f"or data.test_samples ({d.test_samples})",
     )
+    _require(ev.kid_subset_size <= ev.reference_samples, "evaluate.kid_subset_size",
+             f"({ev.kid_subset_size}) must not exceed evaluate.reference_samples ({ev.reference_samples})")
     for name in ("steps", "batch_size", "lr"):
         _positive(getattr(ev.evaluator, name), f"evaluate.evaluator.{name}")
 
