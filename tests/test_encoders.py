@@ -15,13 +15,7 @@ from driftin.mae import MAEConfig, MAEEncoder
 SMALL_VIT = dict(depth=2, embed_dim=32, num_heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids oneDNN's thread start-up and spinning on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import torch_fidelity
 
 from driftin import fidelity
 from driftin.evaluator import images_to_tensor, load_evaluator, train_evaluator
+from conftest import toy_images
 from driftin.fidelity import (
     INCEPTION_WEIGHTS_FILE,
     InceptionWeightsUnavailable,
@@ -19,28 +20,8 @@ from driftin.fidelity import (
     resolve_weights,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny convolutions: thread sync costs more than it saves (measured 14x slower with 2 threads on a busy 2-core box).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def toy_images(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """4 classes (square, disk, horizontal bar, vertical bar), light on dark, random position: uint8 [n, s, s, 3]."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 4, n)
-    yy, xx = np.mgrid[0:size, 0:size]  # (s, s)
-    cy, cx = (rng.uniform(0.35, 0.65, (2, n)) * size)[:, :, None, None]  # (n, 1, 1) each
-    dy, dx = (yy - cy) / (0.25 * size), (xx - cx) / (0.25 * size)  # (n, s, s)
-    masks = np.stack([np.maximum(abs(dy), abs(dx)) < 1, np.hypot(dy, dx) < 1,
-                      (abs(dy) < 0.35) & (abs(dx) < 1.2), (abs(dx) < 0.35) & (abs(dy) < 1.2)])  # (4, n, s, s)
-    mask = masks[labels, np.arange(n)][..., None]  # (n, s, s, 1)
-    fg, bg = rng.uniform(128, 255, (n, 1, 1, 3)), rng.uniform(0, 96, (n, 1, 1, 3))  # light shape, dark ground
-    return np.where(mask, fg, bg).astype(np.uint8), labels.astype(np.int64)
 
 
 def _weights(tmp_path_factory, name: str, steps: int, seed: int) -> str:

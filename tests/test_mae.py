@@ -8,13 +8,7 @@ from driftin.mae import MAEConfig, MAEEncoder, pretrain_mae, random_patch_mask
 TINY = MAEConfig(widths=(8, 16), blocks=1, decoder_width=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets: one thread avoids oneDNN's thread start-up and spinning on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def smooth_images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:

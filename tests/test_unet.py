@@ -6,13 +6,7 @@ import torch
 from driftin.unet import UNET_PRESETS, UNet, UNetConfig, build_unet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation, which a busy 2-core box punishes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _n_params(model: torch.nn.Module) -> int:

@@ -68,13 +68,12 @@ def _prepare(mode: str, model: nn.Module, device: torch.device) -> tuple[nn.Modu
     if mode == "eager_bf16":
         return model, lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     if mode in COMPILED_MODES:
-        # A fresh dynamo cache per mode, so compile_s is this mode's own compile, not a cache hit from another.
+        # A fresh dynamo cache per row, so each row's compile_s is its own compile, not a cache hit.
         torch._dynamo.reset()
-        # dynamic=True: one graph serves every batch size (as a deployed sampler with varying batches would run),
-        # which compiles once instead of once per batch size. Under no_grad each call of a reduce-overhead (CUDA
-        # graph) module starts a new cudagraph-tree generation, so a sampler that consumes eps before the next
-        # step (DDIM does) needs no cudagraph_mark_step_begin.
-        compiled = torch.compile(model, mode=COMPILED_MODES[mode], dynamic=True)
+        # dynamic=False: one static graph per batch size, as a deployed sampler would run. Under no_grad each
+        # call of a reduce-overhead (CUDA graph) module starts a new cudagraph-tree generation, so a sampler that
+        # consumes eps before the next step (DDIM does) needs no cudagraph_mark_step_begin.
+        compiled = torch.compile(model, mode=COMPILED_MODES[mode], dynamic=False)
         return compiled, contextlib.nullcontext
     return model, contextlib.nullcontext
 
@@ -121,17 +120,16 @@ def _row(model: str, mode: str, batch: int, status: str, reason: str = "", **met
     return row
 
 
-def _measure(prepared: tuple[nn.Module, Callable[[], Any]], sampler: Sampler, z: Tensor, mode: str, *,
-             repeats: int, warmup: int, device: torch.device) -> dict[str, Any]:
-    module, ctx = prepared
+def _measure(model: nn.Module, sampler: Sampler, z: Tensor, mode: str, *, repeats: int, warmup: int,
+             device: torch.device) -> dict[str, Any]:
+    module, ctx = _prepare(mode, model, device)
 
     def call() -> None:
         with ctx():
             sampler(module, z)
 
     with torch.no_grad():
-        # The first call compiles (or, for a further batch size, specialises) in compiled modes; it is timed
-        # apart and kept out of the measurement.
+        # The first call compiles in compiled modes; it is timed apart and kept out of the measurement.
         t0 = time.perf_counter()
         call()
         _sync(device)
@@ -173,17 +171,14 @@ def benchmark_matrix(model: nn.Module, generators: Mapping[str, Sampler], *, mak
             nfe[name] = count_nfe(model, sampler, noise[min(batch_sizes)])
     combos = [(m, g, b) for m in modes for g in generators for b in batch_sizes]
     rows = []
-    prepared: dict[tuple[str, str], tuple[nn.Module, Callable[[], Any]]] = {}
     for mode, name, batch in tqdm(combos, disable=not progress, desc="benchmark", unit="row"):
         reason = mode_unavailable_reason(mode, device)
         if reason is not None:
             rows.append(_row(name, mode, batch, "skipped", reason, nfe=nfe.get(name)))
             continue
         try:
-            if (mode, name) not in prepared:
-                prepared[mode, name] = _prepare(mode, model, device)
-            metrics = _measure(prepared[mode, name], generators[name], noise[batch], mode, repeats=repeats,
-                               warmup=warmup, device=device)
+            metrics = _measure(model, generators[name], noise[batch], mode, repeats=repeats, warmup=warmup,
+                               device=device)
         except Exception as err:  # noqa: BLE001 - a failing mode is a result, recorded with its first line
             rows.append(_row(name, mode, batch, "failed", _first_line(err), nfe=nfe.get(name)))
             continue
