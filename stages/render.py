@@ -45,7 +45,9 @@ def main() -> None:
     n = params.render.grid_samples
     samples = {kind: load_npz(f"data/samples/{kind}.npz")["images"] for kind in ("ddpm", "drift")}
 
-    grid = comparison_grid({k: v[:n] for k, v in samples.items()},
+    size = samples["ddpm"].shape[1]
+    scale = max(2, 64 // size)  # small images need more magnification to be seen
+    grid = comparison_grid({k: v[:n] for k, v in samples.items()}, scale=scale,
                            labels={"ddpm": "DDPM (50 DDIM steps)", "drift": "Drifting (1 step)"})
     with atomic_path(out / "grid.png") as tmp:
         grid.save(tmp, format="PNG")
@@ -54,9 +56,8 @@ def main() -> None:
     lat = bench["latency_ms_batch1"]
     ddpm_mode, ddpm_s = fastest_batch1(lat["ddpm"])
     drift_mode, drift_s = fastest_batch1(lat["drift"])
-    ddpm_model, record = load_generator("data/models/ddpm.pt", device)
+    ddpm_model, _ = load_generator("data/models/ddpm.pt", device)
     drift_model, _ = load_generator("data/models/drift.pt", device)
-    size = record["image_size"]
     z = fixed_noise([0], (3, size, size), params.seed).to(device)
     frames = ddim_frames(ddpm_model, z, bench["ddim_steps"])
     speed_gif(frames, to_uint8(sampler("drift", drift_model)(z))[0], ddpm_latency_s=ddpm_s,
@@ -66,7 +67,7 @@ def main() -> None:
 
     per_frame = n
     batches = [samples["drift"][i:i + per_frame] for i in range(0, len(samples["drift"]) - per_frame + 1, per_frame)]
-    batch_gif(batches[:8], out / "batch.gif", nrow=int(np.ceil(np.sqrt(per_frame))),
+    batch_gif(batches[:8], out / "batch.gif", nrow=int(np.ceil(np.sqrt(per_frame))), scale=scale,
               captions=[f"drift samples {i * per_frame}-{(i + 1) * per_frame - 1}" for i in range(len(batches[:8]))])
 
     plot_training_curves({"ddpm": "plots/ddpm_loss.csv"}, out / "ddpm_training.png", columns=["loss"])
