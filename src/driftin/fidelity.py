@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from torch_fidelity.utils import create_feature_extractor
 
 from driftin.evaluator import load_evaluator
+from driftin.files import save_npz
 
 EVALUATOR_EXTRACTOR = "driftin-evaluator"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
@@ -137,21 +137,8 @@ def reference_features(reference: np.ndarray, *, extractor: str, weights_path: s
     x = torch.from_numpy(np.ascontiguousarray(reference)).permute(0, 3, 1, 2)  # uint8 (M, 3, H, W)
     feats = np.concatenate([net(xb.to(device))[0].float().cpu().numpy() for xb in x.split(batch_size)])
     if path is not None:
-        _save_npz(path, features=feats, extractor_id=np.array(extractor_id(extractor, weights_path)))
+        save_npz(path, features=feats, extractor_id=np.array(extractor_id(extractor, weights_path)))
     return feats  # (M, D)
-
-
-def _save_npz(path: str, **arrays: np.ndarray) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_reference_features(path: str, *, extractor: str, weights_path: str | None) -> np.ndarray:

@@ -22,18 +22,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
+from driftin.files import atomic_path  # noqa: E402
+
 GIF_TICK_MS = 10  # GIF delays are stored in centiseconds
 GIF_MIN_FRAME_MS = 20  # browsers replace shorter delays by 100 ms, which would distort the pacing
 BG, FG, MUTED = (255, 255, 255), (20, 20, 20), (110, 110, 110)
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # keeps the suffix so writers infer the format
-    write(tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def _font(size: int) -> ImageFont.ImageFont:
