@@ -41,6 +41,7 @@ def test_default_params_load():
     ("ddpm.steps", -5, "must be positive"),
     ("drift.lr", "fast", "drift.lr"),
     ("data.image_size", 30, "multiple of 8"),
+    ("data.image_size", 24, "does not fit unet.preset"),
     ("unet.preset", "huge", "unet.preset"),
     ("benchmark.modes", ["eager_fp32", "tensorrt"], "benchmark.modes[1]"),
     ("evaluate.kid_subset_size", 10**6, "evaluate.kid_subset_size"),

@@ -15,6 +15,9 @@ from typing import Any
 
 import yaml
 
+from .unet import UNET_PRESETS
+from .unet import _validate as check_unet_size
+
 DATASETS = ("shapes", "cifar10", "folder")
 ENCODER_NAMES = ("mae", "pixel", "resnet18", "dinov2")
 UNET_PRESET_NAMES = ("base", "small", "tiny")
@@ -271,6 +274,11 @@ def validate(p: Params) -> None:
     _positive(d.test_samples, "data.test_samples")
 
     _choice(p.unet.preset, UNET_PRESET_NAMES, "unet.preset")
+    try:  # the preset must be able to halve the image and meet its attention resolutions
+        check_unet_size(UNET_PRESETS[p.unet.preset], d.image_size)
+    except ValueError as e:
+        raise ConfigError(f"params.yaml: 'data.image_size' ({d.image_size}) does not fit unet.preset "
+                          f"'{p.unet.preset}': {e}") from None
     _require(0 <= p.unet.dropout < 1, "unet.dropout", f"must be in [0, 1), got {p.unet.dropout}")
 
     _validate_train(p.ddpm, "ddpm")
