@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .generators import to_float
+
 
 @dataclass(frozen=True)
 class EvaluatorConfig:
@@ -76,9 +78,8 @@ def load_evaluator(state: dict) -> Evaluator:
     return net.eval().requires_grad_(False)
 
 
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+# uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1]: the same scaling the generators are trained in.
+images_to_tensor = to_float
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:

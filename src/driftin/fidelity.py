@@ -34,7 +34,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from torch_fidelity.utils import create_feature_extractor
 
 from driftin.evaluator import load_evaluator
-from driftin.files import save_npz
+from driftin.files import file_digest, save_npz
 
 EVALUATOR_EXTRACTOR = "driftin-evaluator"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
@@ -112,12 +112,7 @@ def resolve_weights(extractor: str, weights_path: str | None) -> str:
 
 def extractor_id(extractor: str, weights_path: str | None) -> str:
     """'name:sha256[:16] of the weights' - identifies the feature space, to reject features from other weights."""
-    path = resolve_weights(extractor, weights_path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{_EXTRACTORS[extractor][0]}:{digest.hexdigest()[:16]}"
+    return f"{_EXTRACTORS[extractor][0]}:{file_digest(resolve_weights(extractor, weights_path))[:16]}"
 
 
 def _check_images(images: np.ndarray, what: str) -> None:
