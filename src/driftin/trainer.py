@@ -114,13 +114,13 @@ def train(
     start, elapsed = 0, 0.0
 
     if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        # Load to the CPU: RNG states must stay CPU ByteTensors (map_location=cuda broke every resume on a GPU);
+        # load_state_dict copies weights and optimizer state to the parameters' device.
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
-        rng = state["rng"][info.rank % len(state["rng"])]
-        gen.set_state(rng["gen"])
-        torch.set_rng_state(rng["torch"])
+        _set_rng_states(state["rng"][info.rank % len(state["rng"])], gen, device)
         history, start, elapsed = state["history"], state["step"], state["elapsed_s"]
         if info.is_main:
             tqdm.write(f"[{desc}] resuming from step {start}/{cfg.steps} ({checkpoint})")
@@ -130,7 +130,7 @@ def train(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def save(step: int) -> None:
-        rng = _gather_rng_states(gen, info)
+        rng = _gather_rng_states(gen, info, device)
         if info.is_main:
             torch_save(checkpoint, {
                 "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "rng": rng,
@@ -180,7 +180,7 @@ def train(
             bar.update(1)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 save(done)
-            if _any_rank(stop.received is not None, info):
+            if _any_rank(stop.received is not None, info, device):
                 save(done)
                 bar.close()
                 raise TrainingInterrupted(
@@ -209,17 +209,35 @@ def _global_mean(x: torch.Tensor, info: DistInfo) -> float:
     return float(x)
 
 
-def _any_rank(flag: bool, info: DistInfo) -> bool:
+def _any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank if it is True on any. The tensor lives on the training device: NCCL rejects CPU
+    tensors (`No backend type associated with device type cpu`), gloo takes both."""
     if info.world_size == 1:
         return flag
-    t = torch.tensor([int(flag)])
+    t = torch.tensor([int(flag)], device=device)
     dist.all_reduce(t)
     return bool(t.item())
 
 
-def _gather_rng_states(gen: torch.Generator, info: DistInfo) -> list[dict[str, torch.Tensor]]:
-    """Every rank's RNG states (batches/noise and dropout), so a resume continues each rank's streams."""
+def _rng_states(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's RNG states: the batch/noise generator, torch's CPU stream (dropout on CPU) and, on a GPU,
+    the device's CUDA stream (dropout there), so a resumed run draws what the uninterrupted one would have."""
     state = {"gen": gen.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_states(state: dict[str, torch.Tensor], gen: torch.Generator, device: torch.device) -> None:
+    gen.set_state(state["gen"].cpu())
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def _gather_rng_states(gen: torch.Generator, info: DistInfo, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """Every rank's RNG states (batches/noise and dropout), so a resume continues each rank's streams."""
+    state = _rng_states(gen, device)
     if info.world_size == 1:
         return [state]
     out: list[dict[str, torch.Tensor]] = [{} for _ in range(info.world_size)]
