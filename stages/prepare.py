@@ -18,7 +18,8 @@ def main() -> None:
     summary = {}
     for split, num in (("train", d.train_samples), ("test", d.test_samples)):
         ds = load_dataset(d.dataset, split=split, image_size=d.image_size, root=d.root, num_samples=num,
-                          seed=params.seed, download=d.download)
+                          seed=params.seed, download=d.download,
+                          verify_checksums=d.verify_checksums)
         save_npz(out / f"{split}.npz", images=ds.images, labels=ds.labels, class_names=list(ds.class_names))
         summary[split] = {"images": int(len(ds.images)), "classes": len(ds.class_names)}
         print(f"prepare: {split}: {len(ds.images)} images of {d.image_size}x{d.image_size}, "

@@ -204,3 +204,14 @@ def test_folder_errors_are_clear(tmp_path):
     _save(tmp_path / "mixed" / "cls" / "x.png", (0, 0, 0))
     with pytest.raises(ValueError, match="mixes"):
         _load("folder", root=str(tmp_path / "mixed"))
+
+
+def test_load_dataset_passes_the_checksum_switch(tmp_path):
+    """params `data.verify_checksums: false` reaches the CIFAR-10 loader (a stand-in folder cannot match md5s)."""
+    _fake_cifar(tmp_path)
+    with pytest.raises(DatasetUnavailable, match="corrupted"):
+        load_dataset("cifar10", split="test", image_size=32, root=str(tmp_path), num_samples=2, seed=0,
+                     download=False)
+    test = load_dataset("cifar10", split="test", image_size=32, root=str(tmp_path), num_samples=2, seed=0,
+                        download=False, verify_checksums=False)
+    assert test.images.shape == (2, 32, 32, 3)

@@ -1,4 +1,5 @@
 import socket
+from pathlib import Path
 import time
 
 import pytest
@@ -163,3 +164,13 @@ def test_dinov2_fails_fast_offline(offline, monkeypatch, hub_offline):
     assert time.perf_counter() - t0 < 5
     message = str(err.value)
     assert "model.safetensors" in message and str(offline / "hf" / "hub") in message and "weights" in message
+
+
+def test_dinov2_is_found_where_the_offline_message_says(offline):
+    """Following the error message literally (copy the file to the path it names) must work."""
+    with pytest.raises(WeightsUnavailable) as err:
+        encoders.dinov2_weights_file(None)
+    expected = next(word for word in str(err.value).split() if word.endswith("model.safetensors"))
+    Path(expected).parent.mkdir(parents=True)
+    Path(expected).write_bytes(b"stub")
+    assert encoders.dinov2_weights_file(None) == Path(expected)

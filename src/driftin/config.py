@@ -34,6 +34,7 @@ class DataConfig:
     dataset: str
     root: str
     download: bool
+    verify_checksums: bool
     image_size: int
     train_samples: int | None
     test_samples: int

@@ -48,8 +48,8 @@ class CIFAR10(torchvision.datasets.CIFAR10):
 
     torchvision checks every batch file against the official md5 on each load. That guards real data, but no
     small test folder can match those checksums, so `verify_checksums=False` checks only that the files exist.
-    Parsing is torchvision's own code either way; the checks stay on by default and `load_dataset` always
-    uses them, and a download always verifies the archive's md5.
+    Parsing is torchvision's own code either way; the checks stay on by default (params `data.verify_checksums`),
+    and a download always verifies the archive's md5.
     """
 
     def __init__(self, root: str | Path, *, train: bool, verify_checksums: bool = True) -> None:
@@ -170,7 +170,8 @@ def load_folder(
 
 
 def load_dataset(
-    name: str, *, split: str, image_size: int, root: str, num_samples: int | None, seed: int, download: bool
+    name: str, *, split: str, image_size: int, root: str, num_samples: int | None, seed: int, download: bool,
+    verify_checksums: bool = True,
 ) -> Dataset:
     """Load dataset `name` (one of DATASET_NAMES); see the module docstring and each loader."""
     if name not in DATASET_NAMES:
@@ -186,5 +187,6 @@ def load_dataset(
         images, labels = render_shapes(num_samples, image_size=image_size, seed=2 * seed + SPLITS.index(split))
         return Dataset(images, labels, SHAPE_CLASSES)
     if name == "cifar10":
-        return load_cifar10(root, split=split, image_size=image_size, num_samples=num_samples, download=download)
+        return load_cifar10(root, split=split, image_size=image_size, num_samples=num_samples, download=download,
+                            verify_checksums=verify_checksums)
     return load_folder(root, split=split, image_size=image_size, num_samples=num_samples, seed=seed)

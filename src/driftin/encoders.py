@@ -160,7 +160,8 @@ def dinov2_weights_file(weights: str | None) -> Path:
     cached = try_to_load_from_cache(DINOV2_HF_REPO, DINOV2_FILE, cache_dir=cache)
     if isinstance(cached, str):
         return Path(cached)
-    expected = cache / f"models--{DINOV2_HF_REPO.replace('/', '--')}" / "snapshots" / "<revision>" / DINOV2_FILE
+    # With no refs/main file beside it, the hub cache resolves revision "main" to the folder snapshots/main/.
+    expected = cache / f"models--{DINOV2_HF_REPO.replace('/', '--')}" / "snapshots" / "main" / DINOV2_FILE
     reason = "HF_HUB_OFFLINE is set" if _env_true("HF_HUB_OFFLINE") else _host_reachable("https://huggingface.co")
     if reason is not None:
         raise _unavailable(f"dinov2 ({DINOV2_HF_REPO})", DINOV2_FILE, expected, reason)
