@@ -5,6 +5,7 @@ from driftin import cli
 from driftin.config import load_params
 from driftin.datasets import load_dataset
 from driftin.files import save_npz, write_json
+from driftin.preflight import check as preflight
 
 
 def main() -> None:
@@ -13,6 +14,7 @@ def main() -> None:
     p.add_argument("--metrics", default="metrics/prepare.json")
     args = p.parse_args()
     params = load_params(args.params)
+    preflight(params)  # the first stage: a missing file fails here, in seconds, not after hours of training
     d = params.data
     out = Path(args.out)
     summary = {}

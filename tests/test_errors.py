@@ -24,7 +24,9 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, *needles: str) -> No
 
 
 def test_missing_cifar10_offline(tmp_path):
-    params = merge(micro_params(), {"data": {"dataset": "cifar10", "root": "offline", "download": False}})
+    (tmp_path / "inception.pth").write_bytes(b"stub")  # only the dataset is missing (no network probe for it)
+    params = merge(micro_params(), {"data": {"dataset": "cifar10", "root": "offline", "download": False},
+                                    "evaluate": {"inception_weights": str(tmp_path / "inception.pth")}})
     proc = run_stage(tmp_path, "prepare.py", params)
     assert_clean_failure(proc, "cifar-10-batches-py", str(tmp_path / "offline"))
 

@@ -1,6 +1,8 @@
 """FID/KID/precision-recall through torch-fidelity with the evaluator extractor; Inception fail-fast path."""
 
+import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,8 +167,17 @@ def test_evaluator_rejects_other_image_size(weights):
         reference_features(big, extractor="evaluator", weights_path=weights, batch_size=4, device="cpu")
 
 
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
 def test_inception_without_weights_fails_fast(monkeypatch, tmp_path, sets):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    no_network(monkeypatch)
     start = time.monotonic()
     with pytest.raises(InceptionWeightsUnavailable) as err:
         compute_fidelity(sets[0], sets[1], extractor="inception", weights_path=None, kid_subset_size=100,
@@ -201,3 +212,19 @@ def test_unknown_extractor():
 def test_extractor_is_registered_with_torch_fidelity():
     assert torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY[fidelity.EVALUATOR_EXTRACTOR] is \
         fidelity.EvaluatorFeatureExtractor
+
+
+def test_inception_is_downloaded_where_its_host_answers(monkeypatch, tmp_path):
+    """With internet, the weights come from torch-fidelity's URL into torch.hub's cache (as its own loader does)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(fidelity, "host_reachable", lambda url: None)
+    fetched = []
+
+    def fake_download(url, dst, *args, **kwargs):
+        fetched.append(url)
+        Path(dst).write_bytes(b"weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    hub_file = tmp_path / "hub" / "checkpoints" / INCEPTION_WEIGHTS_FILE
+    assert resolve_weights("inception", None) == str(hub_file)
+    assert fetched == [fidelity.URL_INCEPTION_V3] and hub_file.read_bytes() == b"weights"

@@ -8,7 +8,6 @@ saying where to put it, instead of the hubs' minute-long retry loops on an offli
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .downloads import env_true, host_reachable
 from .mae import mae_encoder_from_state
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -47,19 +47,6 @@ def _imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
     mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return ((x + 1) / 2 - mean) / std
-
-
-def _host_reachable(url: str, timeout: float = 3.0) -> str | None:
-    """None when a TCP connection to the URL's host opens within `timeout` s, else the reason it did not."""
-    try:
-        socket.create_connection((urlparse(url).hostname, 443), timeout=timeout).close()
-        return None
-    except OSError as err:
-        return f"{urlparse(url).hostname} unreachable: {err}"
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _unavailable(what: str, file_name: str, expected: Path | str, reason: str) -> WeightsUnavailable:
@@ -110,20 +97,36 @@ class ResNet18Encoder(FrozenEncoder):
         return maps
 
 
-def resnet18_state(weights: str | None) -> dict[str, torch.Tensor]:
-    """ResNet-18 ImageNet state dict from `weights` (a local file) or torchvision's hub cache."""
-    if weights is not None:
-        return torch.load(_local_weights(weights, "resnet18"), map_location="cpu", weights_only=True)
+def _resnet18_url() -> str:
     from torchvision.models import ResNet18_Weights
 
-    url = ResNet18_Weights.IMAGENET1K_V1.url
+    return ResNet18_Weights.IMAGENET1K_V1.url
+
+
+def resnet18_weights_file(weights: str | None) -> Path | None:
+    """The ResNet-18 file to load: `weights`, else torchvision's hub cache; None when it is not there but the
+    download host answers (torchvision then downloads it). Raises WeightsUnavailable otherwise, in seconds."""
+    if weights is not None:
+        return _local_weights(weights, "resnet18")
+    url = _resnet18_url()
     file_name = os.path.basename(urlparse(url).path)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name  # honours TORCH_HOME at call time
-    if not cached.is_file():
-        reason = _host_reachable(url)
-        if reason is not None:
-            raise _unavailable("resnet18 ImageNet", file_name, cached, reason)
-    return torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, weights_only=True)
+    if cached.is_file():
+        return cached
+    reason = host_reachable(url)
+    if reason is not None:
+        raise _unavailable("resnet18 ImageNet", file_name, cached, reason)
+    return None
+
+
+def resnet18_state(weights: str | None) -> dict[str, torch.Tensor]:
+    """ResNet-18 ImageNet state dict from `weights` (a local file) or torchvision's hub cache (downloaded there
+    when missing and the host answers)."""
+    file = resnet18_weights_file(weights)
+    if file is not None:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    return torch.hub.load_state_dict_from_url(_resnet18_url(), map_location="cpu", check_hash=True,
+                                              weights_only=True)
 
 
 class DINOv2Encoder(FrozenEncoder):
@@ -150,8 +153,9 @@ def _hf_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface" / "hub"
 
 
-def dinov2_weights_file(weights: str | None) -> Path:
-    """Path of the DINOv2 checkpoint: `weights`, else the HF cache, else a download (only if the hub answers)."""
+def dinov2_weights_file(weights: str | None, *, download: bool = True) -> Path | None:
+    """Path of the DINOv2 checkpoint: `weights`, else the HF cache, else a download (only if the hub answers).
+    With download=False a reachable hub gives None instead (the preflight's "downloadable")."""
     if weights is not None:
         return _local_weights(weights, "dinov2")
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
@@ -162,9 +166,11 @@ def dinov2_weights_file(weights: str | None) -> Path:
         return Path(cached)
     # With no refs/main file beside it, the hub cache resolves revision "main" to the folder snapshots/main/.
     expected = cache / f"models--{DINOV2_HF_REPO.replace('/', '--')}" / "snapshots" / "main" / DINOV2_FILE
-    reason = "HF_HUB_OFFLINE is set" if _env_true("HF_HUB_OFFLINE") else _host_reachable("https://huggingface.co")
+    reason = "HF_HUB_OFFLINE is set" if env_true("HF_HUB_OFFLINE") else host_reachable("https://huggingface.co")
     if reason is not None:
         raise _unavailable(f"dinov2 ({DINOV2_HF_REPO})", DINOV2_FILE, expected, reason)
+    if not download:
+        return None
     try:
         return Path(hf_hub_download(DINOV2_HF_REPO, DINOV2_FILE, cache_dir=cache))
     except Exception as err:  # any hub failure is the same actionable error

@@ -13,7 +13,9 @@ Design:
   extracts them (and optionally writes an .npz tagged with the extractor id = name + weights hash);
   `load_reference_features` refuses a file made by other weights; `compute_fidelity` takes either reference images
   or those features. With `cache_dir`, features of reference images are cached there, content-addressed by
-  (extractor id, images). Nothing is ever written under TORCH_HOME / ~/.cache: no implicit downloads.
+  (extractor id, images).
+- Inception weights come from `evaluate.inception_weights`, else torch.hub's cache, where they are downloaded from
+  torch-fidelity's URL when its host answers; offline that fails in seconds with where to put the file.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor
 
+from driftin.downloads import host_reachable
 from driftin.evaluator import load_evaluator
 from driftin.files import file_digest, save_npz
 
@@ -99,14 +102,29 @@ def resolve_weights(extractor: str, weights_path: str | None) -> str:
         if weights_path is None or not Path(weights_path).is_file():
             raise FileNotFoundError(f"evaluator weights not found: {weights_path!r} (train it with train_evaluator)")
         return str(weights_path)
+    return str(inception_weights_file(weights_path))
+
+
+def inception_weights_file(weights_path: str | None, *, download: bool = True) -> Path | None:
+    """torch-fidelity's Inception weights: `weights_path`, else torch.hub's cache, else downloaded there from
+    torch-fidelity's URL when its host answers (download=False: None, "downloadable"). Offline it fails in
+    seconds, naming the file, where it is expected and how to supply it."""
     hub_file = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
     candidate = Path(weights_path) if weights_path is not None else hub_file
     if candidate.is_file():
-        return str(candidate)
+        return candidate
+    reason = (f"`{INCEPTION_PARAMS_KEY}` names a missing file" if weights_path is not None
+              else host_reachable(URL_INCEPTION_V3))
+    if reason is None:
+        if not download:
+            return None
+        hub_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(URL_INCEPTION_V3, str(hub_file))
+        return hub_file
     raise InceptionWeightsUnavailable(
-        f"Inception weights {INCEPTION_WEIGHTS_FILE} not found at {candidate}. Offline, download it elsewhere from "
-        f"{URL_INCEPTION_V3} and either set `{INCEPTION_PARAMS_KEY}: /path/to/{INCEPTION_WEIGHTS_FILE}` in "
-        f"params.yaml (the weights_path argument) or copy it to {hub_file}."
+        f"Inception weights {INCEPTION_WEIGHTS_FILE} not found at {candidate} ({reason}). Offline, download it "
+        f"elsewhere from {URL_INCEPTION_V3} and either set `{INCEPTION_PARAMS_KEY}: /path/to/"
+        f"{INCEPTION_WEIGHTS_FILE}` in params.yaml (the weights_path argument) or copy it to {hub_file}."
     )
 
 
