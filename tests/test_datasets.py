@@ -10,9 +10,8 @@ from PIL import Image
 from driftin import datasets
 from driftin.datasets import DATASET_NAMES, Dataset, DatasetUnavailable, load_cifar10, load_dataset
 from driftin.shapes import SHAPE_CLASSES
-
-CIFAR_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
+from standins import CIFAR_LABEL_NAMES
+from standins import fake_cifar10 as _fake_cifar
 
 def _load(name, **kwargs):
     args = dict(split="train", image_size=16, root="unused", num_samples=20, seed=0, download=False)
@@ -46,45 +45,6 @@ def test_unknown_name_and_split_list_the_valid_ones():
 
 
 # --- cifar10 -----------------------------------------------------------------------------------------------
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Writes str and bytes as Python 2 byte strings, as the original CIFAR-10 pickles were written."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_py2_string(self, obj):
-        raw = obj.encode("latin1") if isinstance(obj, str) else obj
-        self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
-        self.memoize(obj)
-
-    dispatch[str] = dispatch[bytes] = _save_py2_string
-
-
-def _write_py2_pickle(path: Path, obj) -> None:
-    with open(path, "wb") as f:
-        _Py2Pickler(f, protocol=2).dump(obj)
-
-
-def _fake_cifar(root: Path, per_batch: int = 4) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """A tiny cifar-10-batches-py in the real format; returns {file: (images HWC, labels)}."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    written = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        images = rng.integers(0, 256, (per_batch, 32, 32, 3), dtype=np.uint8)
-        labels = rng.integers(0, 10, per_batch)
-        data = images.transpose(0, 3, 1, 2).reshape(per_batch, 3072)  # rows: 1024 R, then G, then B
-        _write_py2_pickle(folder / name, {
-            "batch_label": f"fake {name}", "labels": labels.tolist(), "data": data,
-            "filenames": [f"img_{i}.png" for i in range(per_batch)],
-        })
-        written[name] = images, labels
-    _write_py2_pickle(folder / "batches.meta", {
-        "num_cases_per_batch": per_batch, "label_names": CIFAR_LABEL_NAMES, "num_vis": 3072,
-    })
-    return written
 
 
 def test_fake_cifar_matches_the_documented_format(tmp_path):

@@ -44,6 +44,7 @@ def run_training(*, kind: str, params: Params, cfg: TrainConfig, model: nn.Modul
         "world_size": info.world_size,
         "device": str(device),
         "unet_params_m": round(sum(p.numel() for p in result.model.parameters()) / 1e6, 3),
+        **({"peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)} if device.type == "cuda" else {}),
         **(extra_metrics or {}),
     })
     print(f"train_{kind}: {result.steps} steps, {result.train_seconds:.0f} s of training, "
