@@ -9,8 +9,8 @@ from driftin.files import save_npz, write_json
 
 def main() -> None:
     p = cli.parser(__doc__)
-    p.add_argument("--out", default="data/prepared")
-    p.add_argument("--metrics", default="metrics/prepare.json")
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", required=True)
     args = p.parse_args()
     params = load_params(args.params)
     d = params.data

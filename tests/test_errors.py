@@ -6,13 +6,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, env, merge, micro_params
+from conftest import REPO, env, merge, micro_params, stage_args
 
 
 def run_stage(tmp_path: Path, stage: str, params: dict, *args: str) -> subprocess.CompletedProcess:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    return subprocess.run([sys.executable, str(REPO / "stages" / stage), "--params", str(path), *args],
+    return subprocess.run([sys.executable, str(REPO / "stages" / stage), *stage_args(stage), "--params", str(path),
+                           *args],
                           cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
 
 
