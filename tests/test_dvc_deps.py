@@ -32,7 +32,11 @@ def test_stage_deps_are_its_script_and_import_closure(name):
     deps = spec["deps"]
     assert script.relative_to(REPO).as_posix() in deps
     declared = {d for d in deps if d.startswith("src/driftin/")}
-    closure = {p.relative_to(REPO).as_posix() for p in import_closure(script, PACKAGE_DIR)}
+    # A launcher run as `python -m driftin.<module>` is code the stage runs too.
+    launchers = [PACKAGE_DIR / f"{m}.py" for m in re.findall(r"-m driftin\.(\w+)", spec["cmd"])]
+    closure = {p.relative_to(REPO).as_posix()
+               for path in (script, *launchers) for p in [path, *import_closure(path, PACKAGE_DIR)]
+               if p.is_relative_to(PACKAGE_DIR)}
     assert declared == closure, (f"{name}: missing {sorted(closure - declared)}, "
                                  f"not imported {sorted(declared - closure)}")
 

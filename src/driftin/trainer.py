@@ -187,7 +187,7 @@ def train(
             bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{ips:.0f}", refresh=False)
             bar.update(1)
             if done == cfg.steps:
-                break  # a Ctrl-C during the last step is too late to matter: the outputs come next
+                break  # the final state goes to the outputs, not to a checkpoint; a Ctrl-C now is too late to matter
             if done % cfg.checkpoint_every == 0:
                 save(done)
             if _any_rank(stop.received is not None, info):
