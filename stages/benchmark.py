@@ -11,8 +11,9 @@ from driftin.runtime import configure_threads, resolve_device
 
 def main() -> None:
     p = cli.parser(__doc__)
-    p.add_argument("--metrics", default="metrics/benchmark.json")
-    p.add_argument("--plot", default="plots/benchmark.csv")
+    p.add_argument("--models", required=True, help="folder holding <model>.pt for each generator")
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--plot", required=True)
     args = p.parse_args()
     params = load_params(args.params)
     b = params.benchmark
@@ -25,7 +26,7 @@ def main() -> None:
     rows = []
     for kind, sample in samplers.items():
         # Each generator runs with its own trained weights (same architecture, so the same cost per call).
-        model, record = load_generator(f"data/models/{kind}.pt", device)
+        model, record = load_generator(f"{args.models}/{kind}.pt", device)
         size = record["image_size"]
         rows += benchmark_matrix(model, {kind: sample}, make_noise=fixed_noise((3, size, size), params.seed),
                                  modes=b.modes, batch_sizes=b.batch_sizes, repeats=b.repeats, warmup=b.warmup,

@@ -16,10 +16,10 @@ from driftin.runtime import configure_threads, resolve_device, seed_everything
 
 def main() -> None:
     p = cli.parser(__doc__)
-    p.add_argument("--data", default="data/prepared/train.npz")
-    p.add_argument("--out", default="data/features")
-    p.add_argument("--metrics", default="metrics/features.json")
-    p.add_argument("--plot", default="plots/encoder_pretrain.csv")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--plot", required=True)
     args = p.parse_args()
     params = load_params(args.params)
     configure_threads()

@@ -12,9 +12,10 @@ from driftin.runtime import configure_threads, resolve_device
 
 def main() -> None:
     p = cli.parser(__doc__)
-    p.add_argument("--eval", default="data/eval")
-    p.add_argument("--test", default="data/prepared/test.npz")
-    p.add_argument("--metrics", default="metrics/fid.json")
+    p.add_argument("--eval", required=True)
+    p.add_argument("--test", required=True)
+    p.add_argument("--samples", required=True, help="folder holding <model>.npz for each generator")
+    p.add_argument("--metrics", required=True)
     args = p.parse_args()
     params = load_params(args.params)
     ev = params.evaluate
@@ -26,7 +27,7 @@ def main() -> None:
 
     test = load_npz(args.test)["images"][: ev.num_samples]
     shape = test.shape[1:]
-    candidates = {kind: load_npz(f"data/samples/{kind}.npz")["images"] for kind in KINDS}
+    candidates = {kind: load_npz(f"{args.samples}/{kind}.npz")["images"] for kind in KINDS}
     candidates["real_test"] = test
     candidates["noise"] = np.random.default_rng(params.seed).integers(0, 256, (ev.num_samples, *shape), np.uint8)
 

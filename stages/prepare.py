@@ -5,16 +5,14 @@ from driftin import cli
 from driftin.config import load_params
 from driftin.datasets import load_dataset
 from driftin.files import save_npz, write_json
-from driftin.preflight import check as preflight
 
 
 def main() -> None:
     p = cli.parser(__doc__)
-    p.add_argument("--out", default="data/prepared")
-    p.add_argument("--metrics", default="metrics/prepare.json")
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", required=True)
     args = p.parse_args()
     params = load_params(args.params)
-    preflight(params)  # the first stage: a missing file fails here, in seconds, not after hours of training
     d = params.data
     out = Path(args.out)
     summary = {}

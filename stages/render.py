@@ -36,14 +36,21 @@ def fastest_batch1(latencies: dict[str, float]) -> float:
 
 def main() -> None:
     p = cli.parser(__doc__)
-    p.add_argument("--out", default="plots/images")
+    p.add_argument("--out", required=True)
+    p.add_argument("--samples", required=True, help="folder holding <model>.npz for each generator")
+    p.add_argument("--models", required=True, help="folder holding <model>.pt for each generator")
+    p.add_argument("--benchmark", required=True, help="the benchmark stage's metrics (JSON)")
+    p.add_argument("--benchmark-plot", required=True, help="the benchmark stage's CSV")
+    p.add_argument("--fid", required=True, help="the fid stage's metrics (JSON)")
+    p.add_argument("--ddpm-curve", required=True)
+    p.add_argument("--drift-curve", required=True)
     args = p.parse_args()
     params = load_params(args.params)
     configure_threads()
     device = resolve_device(params.device)
     out = Path(args.out)
     n = params.render.grid_samples
-    samples = {kind: load_npz(f"data/samples/{kind}.npz")["images"] for kind in ("ddpm", "drift")}
+    samples = {kind: load_npz(f"{args.samples}/{kind}.npz")["images"] for kind in ("ddpm", "drift")}
 
     size = samples["ddpm"].shape[1]
     scale = max(2, 64 // size)  # small images need more magnification to be seen
@@ -52,11 +59,11 @@ def main() -> None:
     with atomic_path(out / "grid.png") as tmp:
         grid.save(tmp, format="PNG")
 
-    bench = read_json("metrics/benchmark.json")
+    bench = read_json(args.benchmark)
     lat = bench["latency_ms_batch1"]
     ddpm_s, drift_s = fastest_batch1(lat["ddpm"]), fastest_batch1(lat["drift"])
-    ddpm_model, _ = load_generator("data/models/ddpm.pt", device)
-    drift_model, _ = load_generator("data/models/drift.pt", device)
+    ddpm_model, _ = load_generator(f"{args.models}/ddpm.pt", device)
+    drift_model, _ = load_generator(f"{args.models}/drift.pt", device)
     z = fixed_noise([0], (3, size, size), params.seed).to(device)
     frames = ddim_frames(ddpm_model, z, bench["ddim_steps"])
     speed_gif(frames, to_uint8(sampler("drift", drift_model)(z))[0], ddpm_latency_s=ddpm_s,
@@ -69,13 +76,13 @@ def main() -> None:
     batch_gif(batches[:8], out / "batch.gif", nrow=int(np.ceil(np.sqrt(per_frame))), scale=scale,
               captions=[f"drift samples {i * per_frame}-{(i + 1) * per_frame - 1}" for i in range(len(batches[:8]))])
 
-    plot_training_curves({"ddpm": "plots/ddpm_loss.csv"}, out / "ddpm_training.png", columns=["loss"])
-    plot_training_curves({"drift": "plots/drift_train.csv"}, out / "drift_training.png",
+    plot_training_curves({"ddpm": args.ddpm_curve}, out / "ddpm_training.png", columns=["loss"])
+    plot_training_curves({"drift": args.drift_curve}, out / "drift_training.png",
                          columns=["drift_norm", "energy"], logy=False)
-    fid = read_json("metrics/fid.json")
+    fid = read_json(args.fid)
     plot_fid({"real (held-out)": fid["real_test"], "ddpm": {**fid["ddpm"], "nfe": bench["ddim_steps"]},
               "drift": {**fid["drift"], "nfe": 1}, "noise": fid["noise"]}, out / "fid.png")
-    with open("plots/benchmark.csv") as f:
+    with open(args.benchmark_plot) as f:
         rows = [{**r, "batch_size": int(r["batch_size"]),
                  "images_per_s": float(r["images_per_s"]) if r["images_per_s"] else None} for r in csv.DictReader(f)]
     plot_benchmark(rows, out / "benchmark.png", title=f"Inference speed on {bench['device']['device_name']}")

@@ -5,29 +5,32 @@ import time
 from driftin import cli
 from driftin.config import load_params
 from driftin.files import save_npz, write_json
-from driftin.generators import KINDS, generate, load_generator, sampler
+from driftin.generators import generate, load_generator, sampler
 from driftin.runtime import configure_threads, resolve_device
 
 
 def main() -> None:
     p = cli.parser(__doc__)
-    p.add_argument("--model", choices=KINDS, required=True)
+    p.add_argument("--generator", required=True, help="a model file written by a training stage")
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", required=True)
     args = p.parse_args()
     params = load_params(args.params)
     ev = params.evaluate
     configure_threads()
     device = resolve_device(params.device)
-    model, record = load_generator(f"data/models/{args.model}.pt", device)
+    model, record = load_generator(args.generator, device)
+    kind = record["kind"]
     t0 = time.perf_counter()
-    images = generate(sampler(args.model, model, ev.ddim_steps), ev.num_samples, image_size=record["image_size"],
-                      seed=params.seed, batch_size=ev.batch_size, device=device, desc=f"sample {args.model}")
+    images = generate(sampler(kind, model, ev.ddim_steps), ev.num_samples, image_size=record["image_size"],
+                      seed=params.seed, batch_size=ev.batch_size, device=device, desc=f"sample {kind}")
     seconds = time.perf_counter() - t0
-    save_npz(f"data/samples/{args.model}.npz", images=images)
-    write_json(f"metrics/sample_{args.model}.json", {
+    save_npz(args.out, images=images)
+    write_json(args.metrics, {
         "num_samples": int(len(images)), "seconds": round(seconds, 2),
-        "nfe": ev.ddim_steps if args.model == "ddpm" else 1,
+        "nfe": ev.ddim_steps if kind == "ddpm" else 1,
     })
-    print(f"sample {args.model}: {len(images)} images in {seconds:.1f} s")
+    print(f"sample {kind}: {len(images)} images in {seconds:.1f} s")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ from driftin.unet import build_unet
 
 def main() -> None:
     p = cli.parser(__doc__)
-    p.add_argument("--data", default="data/prepared/train.npz")
-    p.add_argument("--out", default="data/models/ddpm.pt")
-    p.add_argument("--metrics", default="metrics/train_ddpm.json")
-    p.add_argument("--plot", default="plots/ddpm_loss.csv")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--plot", required=True)
     args = p.parse_args()
     params = load_params(args.params)
     cfg = params.ddpm
@@ -29,7 +29,8 @@ def main() -> None:
     overrides = {"dropout": params.unet.dropout}
     model = build_unet(params.unet.preset, params.data.image_size, **overrides)
     loss_fn = ddpm_objective(images, cfg.batch_size // info.world_size, device)
-    run_training(kind="ddpm", params=params, cfg=cfg, model=model, unet_overrides=overrides, loss_fn=loss_fn,
+    run_training(kind="ddpm", script=Path(__file__), params=params, cfg=cfg, model=model,
+                 unet_overrides=overrides, loss_fn=loss_fn,
                  identity={"seed": params.seed, "unet": as_dict(params.unet), "ddpm": as_dict(cfg)},
                  inputs=[Path(args.data)], out=args.out, metrics=args.metrics, plot=args.plot, info=info,
                  device=device, log_every=max(1, cfg.steps // 200))

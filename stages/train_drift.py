@@ -16,10 +16,10 @@ from driftin.unet import build_unet
 
 def main() -> None:
     p = cli.parser(__doc__)
-    p.add_argument("--features", default="data/features")
-    p.add_argument("--out", default="data/models/drift.pt")
-    p.add_argument("--metrics", default="metrics/train_drift.json")
-    p.add_argument("--plot", default="plots/drift_train.csv")
+    p.add_argument("--features", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--plot", required=True)
     args = p.parse_args()
     params = load_params(args.params)
     cfg = params.drift
@@ -28,7 +28,7 @@ def main() -> None:
     seed_everything(params.seed + info.rank)
 
     feats = Path(args.features)
-    enc_record = torch.load(feats / "encoder.pt", map_location="cpu", weights_only=False)
+    enc_record = torch.load(feats / "encoder.pt", map_location="cpu", weights_only=True)
     if enc_record["name"] != params.encoder:
         raise ConfigError(
             f"{feats / 'encoder.pt'} holds the '{enc_record['name']}' encoder but params.yaml asks for "
@@ -36,7 +36,7 @@ def main() -> None:
         )
     encoder = build_encoder(params.encoder, image_size=params.data.image_size,
                             **encoder_kwargs(params, enc_record["mae_state"])).to(device)
-    real_maps = torch.load(feats / "real.pt", map_location="cpu", weights_only=False)["maps"]
+    real_maps = torch.load(feats / "real.pt", map_location="cpu", weights_only=True)["maps"]
 
     # The generator must not start from a constant output (every sample equal): keep the default init.
     overrides = {"dropout": params.unet.dropout}
@@ -47,7 +47,8 @@ def main() -> None:
         image_size=params.data.image_size, temperatures=cfg.temperatures,
         drift_kwargs={"tau_times_c": cfg.tau_times_c, "affinity_floor": cfg.affinity_floor},
         group=info.group, device=device)
-    run_training(kind="drift", params=params, cfg=cfg, model=model, unet_overrides=overrides, loss_fn=loss_fn,
+    run_training(kind="drift", script=Path(__file__), params=params, cfg=cfg, model=model,
+                 unet_overrides=overrides, loss_fn=loss_fn,
                  identity={"seed": params.seed, "encoder": params.encoder, "unet": as_dict(params.unet),
                            "drift": as_dict(cfg)},
                  inputs=[feats / "encoder.pt", feats / "real.pt"], out=args.out, metrics=args.metrics,

@@ -29,6 +29,15 @@ MICRO = {
 }
 
 
+def stage_args(script: str) -> list[str]:
+    """The arguments dvc.yaml's cmd passes to stages/<script> (the paths), for tests that run a stage directly."""
+    for spec in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values():
+        _, found, args = spec.get("do", spec)["cmd"].partition(f"stages/{script}")
+        if found:
+            return args.split()
+    raise KeyError(f"no stage in dvc.yaml runs stages/{script}")
+
+
 def merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():

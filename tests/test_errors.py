@@ -6,13 +6,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, env, merge, micro_params
+from conftest import REPO, env, merge, micro_params, stage_args
 
 
 def run_stage(tmp_path: Path, stage: str, params: dict, *args: str) -> subprocess.CompletedProcess:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    return subprocess.run([sys.executable, str(REPO / "stages" / stage), "--params", str(path), *args],
+    return subprocess.run([sys.executable, str(REPO / "stages" / stage), *stage_args(stage), "--params", str(path),
+                           *args],
                           cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
 
 
@@ -24,9 +25,7 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, *needles: str) -> No
 
 
 def test_missing_cifar10_offline(tmp_path):
-    (tmp_path / "inception.pth").write_bytes(b"stub")  # only the dataset is missing (no network probe for it)
-    params = merge(micro_params(), {"data": {"dataset": "cifar10", "root": "offline", "download": False},
-                                    "evaluate": {"inception_weights": str(tmp_path / "inception.pth")}})
+    params = merge(micro_params(), {"data": {"dataset": "cifar10", "root": "offline", "download": False}})
     proc = run_stage(tmp_path, "prepare.py", params)
     assert_clean_failure(proc, "cifar-10-batches-py", str(tmp_path / "offline"))
 

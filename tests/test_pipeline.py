@@ -1,15 +1,19 @@
-"""End to end: the real `dvc repro`, `dvc exp run -S encoder=pixel`, `dvc metrics diff`, resume after a kill, and
-CPU determinism, all on micro params in throw-away git copies of this repository."""
+"""End to end: the real `dvc repro`, `dvc exp run -S encoder=pixel`, `dvc metrics diff`, resume after a kill, CPU
+determinism down to the bytes of every cached output, and no stale results (an edited module or image re-runs
+its stages from scratch), all on micro params in throw-away git copies of this repository."""
 import json
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
+from PIL import Image
 
-from conftest import env, make_repo, merge, micro_params, sh
+from conftest import env, make_repo, merge, micro_params, sh, stage_args, toy_images
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +47,49 @@ def test_repro_runs_every_stage(micro_repo):
     assert "up to date" in status, status
 
 
+def test_finished_training_leaves_no_checkpoint(micro_repo):
+    assert not list((micro_repo / "checkpoints").glob("*/last.pt"))
+
+
+def test_every_artefact_loads_weights_only(micro_repo):
+    for rel in ("data/models/ddpm.pt", "data/models/drift.pt", "data/features/encoder.pt", "data/features/real.pt",
+                "data/eval/evaluator.pt"):
+        assert torch.load(micro_repo / rel, weights_only=True), rel
+
+
+def test_editing_an_imported_module_retrains_from_step_0(micro_repo):
+    """training_stage.py is imported by the two training scripts only (and was no declared dep of either):
+    editing it must list exactly those stages and re-run them from scratch."""
+    module = micro_repo / "src/driftin/training_stage.py"
+    original = module.read_text()
+    module.write_text(original + "\n# an edit\n")
+    try:
+        status = json.loads(sh(micro_repo, "dvc", "status", "--json").stdout)
+        assert set(status) == {"train_ddpm", "train_drift"}, status
+        run = sh(micro_repo, "dvc", "repro", "train_ddpm")
+        assert "Running stage 'train_ddpm'" in run.stdout
+        metrics = read(micro_repo, "metrics/train_ddpm.json")
+        assert metrics["resumed_from_step"] == 0 and metrics["steps"] == 6
+    finally:
+        module.write_text(original)
+        sh(micro_repo, "git", "checkout", "HEAD", "--", ".")
+        sh(micro_repo, "dvc", "checkout", "--force")
+
+
+def test_folder_images_are_tracked(tmp_path):
+    """Adding or removing images under data.root makes `dvc status` list prepare."""
+    params = merge(micro_params(), {"data": {"dataset": "folder", "root": "data/raw/toy"}})
+    repo = make_repo(tmp_path, params)
+    images, labels = toy_images(120, seed=0, size=16)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (repo / f"data/raw/toy/c{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(repo / f"data/raw/toy/c{label}/{i}.png")
+    sh(repo, "dvc", "repro", "prepare")
+    assert "up to date" in sh(repo, "dvc", "status", "prepare").stdout
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(repo / f"data/raw/toy/c{labels[0]}/new.png")
+    assert "prepare" in json.loads(sh(repo, "dvc", "status", "prepare", "--json").stdout)
+
+
 def test_exp_run_pixel_changes_drift_only(micro_repo):
     run = sh(micro_repo, "dvc", "exp", "run", "-S", "encoder=pixel")
     assert "Running stage 'train_ddpm'" not in run.stdout
@@ -60,7 +107,7 @@ def test_killed_training_resumes_from_checkpoint(tmp_path):
     params = merge(micro_params(), {"ddpm": {"steps": 400, "checkpoint_every": 2}})
     repo = make_repo(tmp_path, params)
     sh(repo, "dvc", "repro", "prepare")
-    proc = subprocess.Popen(["python", "stages/train_ddpm.py"], cwd=repo, env=env(),
+    proc = subprocess.Popen(["python", "stages/train_ddpm.py", *stage_args("train_ddpm.py")], cwd=repo, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     ckpt = None
@@ -72,21 +119,34 @@ def test_killed_training_resumes_from_checkpoint(tmp_path):
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)  # no chance to save: only the periodic checkpoint survives
     proc.wait()
-    saved = torch.load(ckpt, weights_only=False)["step"]
+    saved = torch.load(ckpt, weights_only=True)["step"]
     assert 0 < saved < 400
     sh(repo, "dvc", "repro", "train_ddpm")
     metrics = read(repo, "metrics/train_ddpm.json")
     assert metrics["resumed_from_step"] >= saved and metrics["steps"] == 400
+    assert not ckpt.parent.exists()  # the outputs are written: nothing left to resume
 
 
-def test_same_params_same_metrics(micro_repo, tmp_path):
+def cached_out_hashes(lock: str) -> dict[str, str]:
+    """path -> md5 of every DVC-cached output (under data/) in a dvc.lock."""
+    return {out["path"]: out["md5"] for stage in yaml.safe_load(lock)["stages"].values()
+            for out in stage.get("outs", []) if out["path"].startswith("data/")}
+
+
+def test_same_params_same_metrics_and_bytes(micro_repo, tmp_path):
     """A second copy, trained from scratch with its own checkpoints and DVC cache, reproduces every metric
-    except wall-clock timings (the baseline's are committed at HEAD of the micro repo)."""
+    except wall-clock timings, and every cached output byte for byte (same DVC hashes), so a shared cache or a
+    re-run upstream stage leaves downstream stages up to date. The baseline is committed at HEAD of the micro repo."""
     repo = make_repo(tmp_path, micro_params())
     sh(repo, "dvc", "repro", "fid")
     for rel in ("metrics/train_ddpm.json", "metrics/train_drift.json", "metrics/fid.json"):
         baseline = json.loads(sh(micro_repo, "git", "show", f"HEAD:{rel}").stdout)
         assert without_timing(read(repo, rel)) == without_timing(baseline), rel
+    ours = cached_out_hashes((repo / "dvc.lock").read_text())
+    baseline = cached_out_hashes(sh(micro_repo, "git", "show", "HEAD:dvc.lock").stdout)
+    assert set(ours) >= {"data/prepared", "data/models/ddpm.pt", "data/models/drift.pt", "data/features",
+                         "data/samples/ddpm.npz", "data/eval"}
+    assert ours == {k: baseline[k] for k in ours}
 
 
 def test_two_process_ddp_training_stages(tmp_path):

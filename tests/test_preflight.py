@@ -11,7 +11,7 @@ import torch
 import torchvision
 import yaml
 
-from conftest import REPO, env, merge, micro_params
+from conftest import REPO, env, merge, micro_params, stage_args
 from driftin import encoders, preflight
 from driftin.config import load_params
 from driftin.mae import MAEConfig, MAEEncoder
@@ -93,16 +93,17 @@ def test_feature_map_shapes_match_the_encoders(offline, tmp_path):
     assert preflight.feature_map_shapes(params) == [tuple(m.shape[1:]) for m in maps]
 
 
-def test_prepare_stops_before_work_with_every_problem(tmp_path):
-    """The first stage runs the preflight: one paragraph listing all problems, exit 1, no traceback."""
+def test_first_stage_stops_with_every_problem(tmp_path):
+    """The pipeline's first stage runs the preflight: one paragraph listing all problems, exit 1, no traceback."""
     params = merge(micro_params(), {"encoder": "resnet18", "data": {"dataset": "cifar10", "root": "offline",
                                                                      "download": False},
                                     "encoders": {"resnet18": {"weights": str(tmp_path / "resnet.pth")}},
                                     "evaluate": {"inception_weights": str(tmp_path / "inception.pth")}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, str(REPO / "stages" / "prepare.py"), "--params", "params.yaml"],
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "preflight.py"), *stage_args("preflight.py"),
+                           "--params", "params.yaml"],
                           cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     for needle in ("3 problem(s)", "cifar-10-batches-py", "resnet.pth", "inception.pth"):
         assert needle in proc.stderr, proc.stderr
-    assert not (tmp_path / "data").exists()
+    assert not (tmp_path / "metrics").exists()

@@ -1,6 +1,9 @@
-"""The shared training loop: resume reproduces an uninterrupted run; NaN and Ctrl-C leave a usable checkpoint."""
+"""The shared training loop: resume reproduces an uninterrupted run; NaN and Ctrl-C leave a usable checkpoint; a
+finished run is never resumed; checkpoints are keyed by code too and load with weights_only=True."""
 import os
+import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,11 +39,22 @@ def run(tmp_path, c, loss=regression_loss, name="ckpt"):
                  device=torch.device("cpu"), desc="test", log_every=1, progress=False)
 
 
+def interrupt_at(step: int):
+    """A regression loss that sends this process SIGINT during call `step` (1-based)."""
+    def interrupting(model, gen):
+        interrupting.calls += 1
+        if interrupting.calls == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return regression_loss(model, gen)
+    interrupting.calls = 0
+    return interrupting
+
+
 def test_resume_matches_uninterrupted_run(tmp_path):
     full = run(tmp_path, cfg(), name="full")
-    # An 8-step schedule leaves its checkpoint at step 8 (as a kill after that save would); continue to 12.
-    run(tmp_path, cfg(steps=8), name="part")
-    state = torch.load(tmp_path / "part" / "last.pt", weights_only=False)
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path, cfg(), loss=interrupt_at(8), name="part")
+    state = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
     assert state["step"] == 8
     resumed = run(tmp_path, cfg(), name="part")
     assert resumed.resumed_from == 8
@@ -59,33 +73,68 @@ def test_nan_loss_stops_with_intact_checkpoint(tmp_path):
     exploding.calls = 0
     with pytest.raises(TrainingDiverged, match=r"step 6.*intact"):
         run(tmp_path, cfg(), loss=exploding)
-    state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
     assert state["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
 def test_sigint_writes_checkpoint_then_stops(tmp_path):
-    def interrupting(model, gen):
-        interrupting.calls += 1
-        if interrupting.calls == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return regression_loss(model, gen)
-    interrupting.calls = 0
     with pytest.raises(TrainingInterrupted, match="step 3/12"):
-        run(tmp_path, cfg(), loss=interrupting)
-    assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)["step"] == 3
+        run(tmp_path, cfg(), loss=interrupt_at(3))
+    assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["step"] == 3
     resumed = run(tmp_path, cfg())
     assert resumed.resumed_from == 3 and resumed.history[-1]["step"] == 12
 
 
-def test_checkpoint_path_depends_on_params_and_inputs(tmp_path):
+def test_checkpoint_path_depends_on_params_inputs_and_code(tmp_path):
     data = tmp_path / "data.bin"
     data.write_bytes(b"abc")
-    a = checkpoint_path("train_x", {"lr": 1}, [data], tmp_path)
-    assert a == checkpoint_path("train_x", {"lr": 1}, [data], tmp_path)
-    assert a != checkpoint_path("train_x", {"lr": 2}, [data], tmp_path)
+    a = checkpoint_path("train_x", {"lr": 1}, [data], tmp_path, code="c1")
+    assert a == checkpoint_path("train_x", {"lr": 1}, [data], tmp_path, code="c1")
+    assert a != checkpoint_path("train_x", {"lr": 2}, [data], tmp_path, code="c1")
+    assert a != checkpoint_path("train_x", {"lr": 1}, [data], tmp_path, code="c2")
     data.write_bytes(b"abd")
-    assert a != checkpoint_path("train_x", {"lr": 1}, [data], tmp_path)
+    assert a != checkpoint_path("train_x", {"lr": 1}, [data], tmp_path, code="c1")
+
+
+def test_train_ddpm_code_digest_covers_modules_it_imports_indirectly(tmp_path):
+    """The code part of train_ddpm's checkpoint key changes when runtime.py changes (imported through cli and
+    training_stage, never by name in the script); a copy of the package keeps the real source untouched."""
+    from driftin.closure import code_digest
+
+    repo = Path(__file__).resolve().parents[1]
+    pkg = tmp_path / "driftin"
+    shutil.copytree(repo / "src" / "driftin", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    script = repo / "stages" / "train_ddpm.py"
+    before = code_digest(script, pkg)
+    (pkg / "runtime.py").write_text((pkg / "runtime.py").read_text() + "\n# edited\n")
+    assert code_digest(script, pkg) != before
+
+
+def test_finished_run_leaves_no_finished_checkpoint(tmp_path):
+    """The last step's state goes to the stage's outputs only: the checkpoint on disk is the last periodic one."""
+    result = run(tmp_path, cfg(steps=12, every=4))
+    assert result.resumed_from == 0
+    assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["step"] == 8
+
+
+def test_finished_checkpoint_is_never_resumed(tmp_path):
+    """A checkpoint at the final step (a run killed between its last step and its outputs) trains again from 0
+    rather than reporting a run of 0 steps at 0 img/s."""
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path, cfg(), loss=interrupt_at(8))
+    result = run(tmp_path, cfg(steps=8))
+    assert result.resumed_from == 0 and result.images_per_s > 0
+    assert [r["step"] for r in result.history] == list(range(1, 9))
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    """Model, EMA, optimizer state, every rank's RNG states and the history: all plain types."""
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path, cfg(), loss=interrupt_at(5))
+    state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
+    assert set(state) == {"model", "ema", "opt", "rng", "history", "step", "elapsed_s"}
+    assert state["rng"][0]["gen"].dtype == torch.uint8 and state["opt"]["state"]
 
 
 def test_ema_decay_warms_up_then_caps():
@@ -121,18 +170,24 @@ def test_resume_on_cuda_matches_uninterrupted_run(tmp_path):
     """Resume on a GPU: the checkpoint's RNG states load as CPU tensors and the CUDA stream (dropout) resumes."""
     cuda = torch.device("cuda")
 
-    def on_gpu(model, gen):
+    def on_gpu(model, gen, interrupt_at=None):
+        on_gpu.calls += 1
+        if on_gpu.calls == interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)
         x = torch.randn(8, 3, generator=gen).to(cuda)
         y = x @ torch.tensor([1.0, -2.0, 0.5], device=cuda)
         return ((model(x).squeeze(-1) - y) ** 2).mean(), {}
 
-    def go(c, name):
-        return train(fresh_model(), on_gpu, c, checkpoint=tmp_path / name / "last.pt", seed=3, info=SINGLE,
+    def go(name, interrupt_at=None):
+        on_gpu.calls = 0
+        loss = lambda model, gen: on_gpu(model, gen, interrupt_at)  # noqa: E731
+        return train(fresh_model(), loss, cfg(), checkpoint=tmp_path / name / "last.pt", seed=3, info=SINGLE,
                      device=cuda, desc="test", log_every=1, progress=False)
 
-    full = go(cfg(), "full")
-    go(cfg(steps=8), "part")
-    resumed = go(cfg(), "part")
+    full = go("full")
+    with pytest.raises(TrainingInterrupted):
+        go("part", interrupt_at=8)
+    resumed = go("part")
     assert resumed.resumed_from == 8
     for a, b in zip(full.model.parameters(), resumed.model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

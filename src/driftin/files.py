@@ -1,4 +1,5 @@
-"""Atomic file writes: a killed stage never leaves a half-written file that DVC would accept.
+"""Atomic, byte-stable file writes: a killed stage never leaves a half-written file that DVC would accept, and the
+same content always gives the same bytes, so DVC's hashes change only when results do.
 
 Each writer writes to a temporary file in the target's directory, flushes it to disk, then renames it over the
 target (rename is atomic on POSIX within one filesystem).
@@ -61,14 +62,17 @@ def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def torch_save(path: str | Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save through a file object: given a path, torch names the zip's records after the (random temporary)
+    file name, so every save would differ."""
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        torch.save(obj, f)
 
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with tmp.open("wb") as f:
-            np.savez(f, **arrays)
+    """Byte-stable as it is: np.savez writes each member through ZipFile.open, which stamps zip's fixed epoch
+    (1980-01-01), not the time of writing (tests/test_files.py checks it)."""
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, **arrays)
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:

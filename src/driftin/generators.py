@@ -42,7 +42,7 @@ def save_generator(path: str | Path, *, kind: str, preset: str, image_size: int,
 
 def load_generator(path: str | Path, device: torch.device, *, weights: str = "ema") -> tuple[nn.Module, dict]:
     """Rebuild the UNet from a model file with its EMA (default) or raw weights, in eval mode."""
-    record = torch.load(path, map_location="cpu", weights_only=False)
+    record = torch.load(path, map_location="cpu", weights_only=True)
     model = build_unet(record["preset"], record["image_size"], **record["unet_overrides"])
     model.load_state_dict(record[weights])
     return model.to(device).eval().requires_grad_(False), record

@@ -1,8 +1,8 @@
 """Preflight: everything the chosen params need, checked in seconds before any expensive stage.
 
 A paper-scale run fails expensively when a file is missing: the DINOv2 or ResNet-18 weights are first read by
-`cache_features` and Inception by `reference`, both after hours of DDPM training. The `prepare` stage (the first
-one) runs `check` before it does anything, and `python -m driftin.preflight` runs it by hand. Every problem is
+`cache_features` and Inception by `reference`, both after hours of DDPM training. The pipeline's first stage,
+`preflight` (`prepare` depends on its output), runs it, and `python -m driftin.preflight` runs it by hand. Every problem is
 listed at once; nothing is downloaded here (a file that is missing but whose host answers counts as fine: the
 stage that needs it downloads it).
 """
@@ -132,15 +132,21 @@ def check(params: Params, where: Path = Path(".")) -> None:
         raise PreflightFailed(f"preflight found {len(found)} problem(s) before any work: {listed}")
 
 
-def main() -> None:
-    p = cli.parser("Check that everything the params need is present or downloadable, in seconds.")
-    params = load_params(p.parse_args().params)
+def run(params: Params) -> dict[str, float]:
+    """Print the disk estimate, raise PreflightFailed listing every problem, else return the estimate (GiB)."""
     est = estimate_disk(params)
     print(f"preflight: dataset {params.data.dataset}, encoder {params.encoder}, device {params.device}; disk needed "
           f"~{est.total / GIB:.1f} GiB (feature cache {est.feature_cache / GIB:.2f} GiB, checkpoints "
           f"{est.checkpoints / GIB:.2f} GiB)")
     check(params)
     print("preflight: ok")
+    return {"disk_needed_gib": round(est.total / GIB, 3), "feature_cache_gib": round(est.feature_cache / GIB, 3),
+            "checkpoints_gib": round(est.checkpoints / GIB, 3)}
+
+
+def main() -> None:
+    p = cli.parser("Check in seconds that everything the params need is present or downloadable.")
+    run(load_params(p.parse_args().params))
 
 
 if __name__ == "__main__":

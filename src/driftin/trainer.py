@@ -1,7 +1,9 @@
 """One training loop for both objectives: AdamW, warm-up, grad clip, EMA, bf16 on CUDA, DDP, resumable checkpoints.
 
 DDPM and drifting differ only in the `loss_fn` they pass. The loop owns everything that makes a run robust:
-periodic atomic checkpoints keyed by the run's identity, resume after Ctrl-C/kill, a clean stop on NaN/Inf.
+periodic atomic checkpoints keyed by the run's identity (params, input bytes and code), resume after Ctrl-C/kill, a
+clean stop on NaN/Inf. Checkpoints exist only mid-run: the last step's state goes to the stage's outputs, never to a
+checkpoint, so a finished run can never be "resumed" into a result under newer code or params.
 """
 from __future__ import annotations
 
@@ -113,10 +115,16 @@ def train(
     history: list[dict[str, float]] = []
     start, elapsed = 0, 0.0
 
-    if checkpoint.is_file():
-        # Load to the CPU: RNG states must stay CPU ByteTensors (map_location=cuda broke every resume on a GPU);
-        # load_state_dict copies weights and optimizer state to the parameters' device.
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    # Load to the CPU: RNG states must stay CPU ByteTensors (map_location=cuda broke every resume on a GPU);
+    # load_state_dict copies weights and optimizer state to the parameters' device.
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True) if checkpoint.is_file() else None
+    if state is not None and state["step"] >= cfg.steps:
+        # Only a run killed between its last step and its outputs could leave one; train again rather than
+        # report 0 steps of training at 0 img/s.
+        if info.is_main:
+            tqdm.write(f"[{desc}] ignoring the finished checkpoint {checkpoint}; training from step 0")
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -178,7 +186,9 @@ def train(
             ips = (done - resumed_from) * cfg.batch_size / run_elapsed
             bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{ips:.0f}", refresh=False)
             bar.update(1)
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            if done == cfg.steps:
+                break  # the final state goes to the outputs, not to a checkpoint; a Ctrl-C now is too late to matter
+            if done % cfg.checkpoint_every == 0:
                 save(done)
             if _any_rank(stop.received is not None, info, device):
                 save(done)
@@ -198,7 +208,7 @@ def train(
 def _checkpoint_step(path: Path) -> int:
     if not path.is_file():
         return 0
-    return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+    return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
 
 
 def _global_mean(x: torch.Tensor, info: DistInfo) -> float:
@@ -245,10 +255,12 @@ def _gather_rng_states(gen: torch.Generator, info: DistInfo, device: torch.devic
     return out
 
 
-def checkpoint_path(stage: str, identity: dict, inputs: list[Path], root: Path) -> Path:
-    """Where `stage` keeps its resumable checkpoint: keyed by a hash of its params and its input files' bytes,
-    so two experiments with different params (or different upstream data) never share a checkpoint."""
+def checkpoint_path(stage: str, identity: dict, inputs: list[Path], root: Path, *, code: str) -> Path:
+    """Where `stage` keeps its resumable checkpoint: keyed by a hash of its params, its input files' bytes and
+    its code (`closure.code_digest` of the stage script), so a run never resumes weights trained with other
+    params, other upstream data or other code."""
     h = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
+    h.update(code.encode())
     for p in inputs:
         h.update(file_digest(p).encode())
     return root / f"{stage}-{h.hexdigest()[:16]}" / "last.pt"

@@ -1,12 +1,15 @@
-"""The shared body of the two training stages: resumable training, then rank 0 writes model, metrics, curve."""
+"""The shared body of the two training stages: resumable training, then rank 0 writes model, metrics, curve and
+removes the checkpoint (it is only there to survive a kill; keeping it would only fill the disk)."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .closure import code_digest
 from .config import Params, TrainConfig, as_dict
 from .files import write_csv, write_json
 from .generators import save_generator
@@ -20,10 +23,12 @@ def checkpoint_root() -> Path:
     return Path(os.environ.get("DRIFTIN_CHECKPOINTS", "checkpoints"))
 
 
-def run_training(*, kind: str, params: Params, cfg: TrainConfig, model: nn.Module, unet_overrides: dict,
-                 loss_fn: LossFn, identity: dict, inputs: list[Path], out: str, metrics: str, plot: str,
-                 info: DistInfo, device: torch.device, log_every: int, extra_metrics: dict | None = None) -> None:
-    ckpt = checkpoint_path(f"train_{kind}", identity, inputs, checkpoint_root())
+def run_training(*, kind: str, script: Path, params: Params, cfg: TrainConfig, model: nn.Module,
+                 unet_overrides: dict, loss_fn: LossFn, identity: dict, inputs: list[Path], out: str, metrics: str,
+                 plot: str, info: DistInfo, device: torch.device, log_every: int,
+                 extra_metrics: dict | None = None) -> None:
+    """`script` is the stage script: its code and the driftin modules it imports are part of the checkpoint key."""
+    ckpt = checkpoint_path(f"train_{kind}", identity, inputs, checkpoint_root(), code=code_digest(script))
     result = train(model, loss_fn, cfg, checkpoint=ckpt, seed=params.seed, info=info, device=device,
                    desc=f"train_{kind}", log_every=log_every)
     if not info.is_main:
@@ -47,5 +52,6 @@ def run_training(*, kind: str, params: Params, cfg: TrainConfig, model: nn.Modul
         **({"peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)} if device.type == "cuda" else {}),
         **(extra_metrics or {}),
     })
+    shutil.rmtree(ckpt.parent, ignore_errors=True)
     print(f"train_{kind}: {result.steps} steps, {result.train_seconds:.0f} s of training, "
           f"{result.images_per_s:.0f} img/s this run -> {out}")
