@@ -33,7 +33,9 @@ def main() -> None:
     # Scores on the device: at paper scale (50k samples, 2048-d Inception features) the bootstrap wants a GPU.
     ref = reference_stats(torch.from_numpy(phi_ref).to(device))
     # Recognisability needs the evaluator's classes; Inception's are ImageNet's, not the dataset's.
-    head = load_evaluator(torch.load(space["weights"], weights_only=True)).head if kw["extractor"] == "evaluator" else None
+    head = None
+    if kw["extractor"] == "evaluator":
+        head = load_evaluator(torch.load(space["weights"], weights_only=True)).head
 
     test = load_npz(args.test)
     shape = test["images"].shape[1:]

@@ -56,7 +56,8 @@ def main() -> None:
                                          params=params.evaluator, device=str(device))
         torch_save(weights, state)
         accuracy = float(np.mean(predict(load_evaluator(state), held) == held_labels))
-        judge = {"evaluator": "trained in the run", "heldout_accuracy": accuracy, "heldout_images": len(held), **summary}
+        judge = {"evaluator": "trained in the run", "heldout_accuracy": accuracy, "heldout_images": len(held),
+                 **summary}
     # A fixed random subset (folder datasets are stored class by class); all of it if the set is smaller.
     gen = torch.Generator().manual_seed(params.seed)
     subset = torch.randperm(len(train["images"]), generator=gen)[: ev.reference_samples].sort().values.numpy()

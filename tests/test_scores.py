@@ -66,6 +66,16 @@ def test_interval_brackets_the_estimate_and_matches_the_spread_of_fresh_draws():
         assert 0.5 < half_width / spread < 2, (name, half_width, spread)
 
 
+def test_intervals_stay_in_each_scores_range():
+    """Same distribution: FID ~ 0 and a uniform class histogram, where the re-centred spread would cross 0 and 1."""
+    ref = reference_stats(gaussians(1000, 4, 0.0, 10))
+    g = gaussians(1000, 4, 0.0, 11)
+    logits = torch.eye(4).repeat(250, 1) * 5  # every class 250 times: entropy exactly 1
+    m = scores_with_intervals(g, ref, logits=logits, labels=torch.arange(4).repeat(250), draws=100, seed=0)
+    assert m["fid_lo"] >= 0 and m["class_entropy_hi"] <= 1 and m["recognisability_hi"] <= 1
+    assert m["kid_lo"] < 0 < m["kid_hi"]  # KID is unbiased: negative values are honest
+
+
 def test_intervals_are_seeded():
     g, ref = gaussians(100, 4, 0.1, 8), reference_stats(gaussians(100, 4, 0.0, 9))
     a = scores_with_intervals(g, ref, draws=20, seed=1)

@@ -20,7 +20,8 @@ FID is biased (upwards, by ~tr(S_g)/N), and a resample's duplicates shrink its e
 resampled FIDs sit well above the estimate (measured: +25% at D = 128, N = 1000), and a plain percentile interval
 can miss the estimate altogether. So the interval is the spread of the bootstrap distribution around its own mean,
 placed around the estimate: [x + q2.5 - mean, x + q97.5 - mean] ("how far would another N samples move it").
-For the unbiased scores the mean is the estimate, and this is the plain percentile interval.
+For the unbiased scores the mean is the estimate, and this is the plain percentile interval. Intervals are clipped
+to each score's range (FID >= 0; entropy, confidence, recognisability in [0, 1]); KID, unbiased, can be negative.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 INTERVAL = (2.5, 97.5)  # percentiles of the bootstrap distribution: a 95% interval
+RANGES = {"fid": (0.0, math.inf), "class_entropy": (0.0, 1.0), "confidence": (0.0, 1.0), "recognisability": (0.0, 1.0)}
 # Reference kernel sums are taken in blocks of this many rows: 50k reference features would need a 10 GB matrix.
 _BLOCK = 4096
 
@@ -142,8 +144,9 @@ def bootstrap_counts(n: int, draws: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws)
 
 
-def scores_with_intervals(phi_gen: np.ndarray | Tensor, ref: ReferenceStats, *, logits: np.ndarray | Tensor | None = None,
-                          labels: np.ndarray | Tensor | None = None, draws: int, seed: int) -> dict[str, float]:
+def scores_with_intervals(phi_gen: np.ndarray | Tensor, ref: ReferenceStats, *,
+                          logits: np.ndarray | Tensor | None = None, labels: np.ndarray | Tensor | None = None,
+                          draws: int, seed: int) -> dict[str, float]:
     """Scores of generated features [N, D] (and logits [N, K], labels [N]) with `<score>_lo` / `<score>_hi`:
     the bootstrap 95% interval over the generated samples."""
     phi = torch.as_tensor(phi_gen).double()
@@ -159,5 +162,6 @@ def scores_with_intervals(phi_gen: np.ndarray | Tensor, ref: ReferenceStats, *, 
     for name, value in point.items():
         spread = np.array([r[name] for r in resampled])  # (draws,)
         lo, hi = np.percentile(spread, INTERVAL) - spread.mean() + value
+        lo, hi = np.clip([lo, hi], *RANGES.get(name, (-math.inf, math.inf)))
         out.update({name: value, f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
     return out
