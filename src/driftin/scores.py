@@ -123,8 +123,9 @@ def recognisability(logits: Tensor, labels: Tensor | None = None, weights: Tenso
     probs = logits.double().softmax(1)  # (N, K)
     predicted = probs.argmax(1)  # (N,)
     hist = torch.zeros(classes, dtype=torch.float64, device=logits.device).index_add_(0, predicted, w) / w.sum()
-    entropy = -(hist * hist.clamp(min=1e-300).log()).sum() / math.log(classes)
-    out = {"class_entropy": float(entropy), "confidence": float(w @ probs.max(1).values / w.sum())}
+    entropy = torch.special.entr(hist).sum() / math.log(classes)  # entr(p) = -p ln p, entr(0) = 0
+    # abs: one class only sums to -0.0, which JSON would print as a negative entropy.
+    out = {"class_entropy": abs(float(entropy)), "confidence": float(w @ probs.max(1).values / w.sum())}
     if labels is not None:
         out["recognisability"] = float(w @ (predicted == labels.to(predicted)).double() / w.sum())
     return out
