@@ -53,7 +53,7 @@ def main() -> None:
         m = scores_with_intervals(phi_t, ref, logits=logits, labels=labels, draws=ev.bootstrap, seed=params.seed)
         m.update(precision_recall(phi, phi_ref))
         results[name] = {k: significant(v) for k, v in m.items()}
-        print(f"fid: {name:>9}: FID {m['fid']:.2f} [{m['fid_lo']:.2f}, {m['fid_hi']:.2f}]  KID {m['kid']:.3g}  "
+        print(f"fid: {name:>9}: FID {m['fid']:.4g} [{m['fid_lo']:.4g}, {m['fid_hi']:.4g}]  KID {m['kid']:.3g}  "
               f"P {m['precision']:.3f}  R {m['recall']:.3f}  ({len(images)} images)")
     judge = {"evaluator_accuracy": space["heldout_accuracy"]} if "heldout_accuracy" in space else {}
     write_json(args.metrics, {**results, **judge, "extractor": space["extractor"], "num_samples": ev.num_samples,
