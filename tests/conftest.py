@@ -11,6 +11,8 @@ import pytest
 import torch
 import yaml
 
+from driftin.evaluator import EvaluatorParams
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -21,9 +23,8 @@ MICRO = {
     "ddpm": {"steps": 6, "batch_size": 8, "warmup": 2, "checkpoint_every": 2},
     "drift": {"steps": 4, "batch_size": 8, "positives": 16, "warmup": 2, "checkpoint_every": 2},
     "encoders": {"cache_images": 32, "mae": {"steps": 3, "batch_size": 16}},
-    "evaluate": {"num_samples": 24, "ddim_steps": 5, "reference_samples": 100, "batch_size": 24,
-                 "kid_subset_size": 12,
-                 "evaluator": {"steps": 5, "batch_size": 16}},
+    "evaluate": {"num_samples": 24, "ddim_steps": 5, "reference_samples": 100, "batch_size": 24, "bootstrap": 10},
+    "evaluator": {"train_images": 300, "heldout_images": 100, "steps": 5, "batch_size": 16, "warmup": 2},
     "benchmark": {"modes": ["eager_fp32", "eager_bf16"], "batch_sizes": [1, 2], "ddim_steps": 5, "repeats": 1},
     "render": {"grid_samples": 8},
 }
@@ -68,13 +69,14 @@ def commit(repo: Path, message: str) -> None:
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
 
 
-def make_repo(dest: Path, params: dict) -> Path:
-    """Copy the tracked and untracked-but-not-ignored files into `dest`, with `params`, as a fresh git repo."""
+def make_repo(dest: Path, params: dict, results: bool = False) -> Path:
+    """Copy the tracked and untracked-but-not-ignored files into `dest`, with `params`, as a fresh git repo;
+    metrics/ and plots/ only with `results` (a fresh clone), else the runs make their own."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split()
     for rel in files:
         src = REPO / rel
-        if src.is_file() and not rel.startswith(("metrics/", "plots/")):
+        if src.is_file() and (results or not rel.startswith(("metrics/", "plots/"))):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -100,6 +102,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def evaluator_params(**overrides) -> EvaluatorParams:
+    """The `evaluator` section of params.yaml with overrides (small budgets for tests)."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())["evaluator"]
+    return EvaluatorParams.from_mapping({**raw, **overrides})
 
 
 def toy_images(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -44,7 +44,9 @@ def test_default_params_load():
     ("data.image_size", 24, "does not fit unet.preset"),
     ("unet.preset", "huge", "unet.preset"),
     ("benchmark.modes", ["eager_fp32", "tensorrt"], "benchmark.modes[1]"),
-    ("evaluate.kid_subset_size", 10**6, "evaluate.kid_subset_size"),
+    ("evaluate.bootstrap", 0, "evaluate.bootstrap"),
+    ("evaluator.heldout_fraction", 1.5, "evaluator.heldout_fraction"),
+    ("evaluator.steps", 2.5, "evaluator.steps"),
     ("drift.ema", 1.0, "drift.ema"),
     ("device", "tpu", "device"),
 ])

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import toy_images
-from driftin.evaluator import Evaluator, EvaluatorConfig, augment, images_to_tensor, load_evaluator, train_evaluator
+from conftest import evaluator_params, toy_images
+from driftin.evaluator import (Evaluator, EvaluatorConfig, EvaluatorParams, augment, images_to_tensor, load_evaluator,
+                               per_class_accuracy, predict, split_heldout, train_evaluator)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,23 +41,25 @@ def test_evaluator_features_shape():
 @pytest.fixture(scope="module")
 def trained():
     x, y = toy_images(600, seed=0)
-    return train_evaluator(x, y, num_classes=4, steps=100, batch_size=32, lr=3e-3, seed=0, device="cpu", width=8,
-                           val_fraction=0.2, progress=False)
+    params = evaluator_params(steps=100, batch_size=32, lr=3e-3, seed=0, width=8, warmup=10, augment_pad=4)
+    return train_evaluator(x, y, num_classes=4, params=params, device="cpu", progress=False)
 
 
 def test_train_evaluator_learns_toy_shapes(trained):
-    _, metrics = trained
-    assert metrics["val_samples"] == 120 and metrics["steps"] == 100
-    assert metrics["val_accuracy"] > 0.85, metrics  # chance is 0.25
+    state, metrics = trained
+    assert metrics["steps"] == 100 and metrics["train_accuracy"] > 0.85, metrics
     assert metrics["train_loss"] < 0.7, metrics  # ln 4 = 1.39 at init
+    x, y = toy_images(200, seed=9)  # fresh images
+    assert np.mean(predict(load_evaluator(state), x) == y) > 0.85  # chance is 0.25
 
 
 def test_train_evaluator_is_deterministic():
     x, y = toy_images(64, seed=1)
-    kw = dict(num_classes=4, steps=3, batch_size=8, lr=1e-3, device="cpu", width=4, progress=False)
-    s1, m1 = train_evaluator(x, y, seed=5, **kw)
-    s2, m2 = train_evaluator(x, y, seed=5, **kw)
-    s3, _ = train_evaluator(x, y, seed=6, **kw)
+    kw = dict(num_classes=4, device="cpu", progress=False)
+    small = dict(steps=3, batch_size=8, lr=1e-3, width=4)
+    s1, m1 = train_evaluator(x, y, params=evaluator_params(seed=5, **small), **kw)
+    s2, m2 = train_evaluator(x, y, params=evaluator_params(seed=5, **small), **kw)
+    s3, _ = train_evaluator(x, y, params=evaluator_params(seed=6, **small), **kw)
     assert m1 == m2
     assert all(torch.equal(s1["model"][k], s2["model"][k]) for k in s1["model"])
     assert not all(torch.equal(s1["model"][k], s3["model"][k]) for k in s1["model"])
@@ -82,4 +85,23 @@ def test_train_evaluator_rejects_bad_inputs(bad):
     else:
         x = x.astype(np.float32)
     with pytest.raises(ValueError):
-        train_evaluator(x, y, num_classes=4, steps=1, batch_size=4, lr=1e-3, seed=0, device="cpu", progress=False)
+        train_evaluator(x, y, num_classes=4, params=evaluator_params(steps=1, batch_size=4), device="cpu",
+                        progress=False)
+
+
+def test_split_heldout_and_per_class_accuracy():
+    x, y = toy_images(50, seed=2)
+    (xt, yt), (xh, yh) = split_heldout(x, y, 0.2, seed=0)
+    assert len(xh) == 10 and len(xt) == 40
+    assert sorted(map(bytes, np.concatenate([xt, xh]))) == sorted(map(bytes, x))  # a partition of the images
+    acc = per_class_accuracy(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ("a", "b", "c"))
+    assert acc["a"] == 0.5 and acc["b"] == 1.0 and np.isnan(acc["c"])
+
+
+@pytest.mark.parametrize("key, value", [("steps", 0), ("steps", 2.5), ("heldout_fraction", 1.0), ("lr", True)])
+def test_params_name_the_bad_key(key, value):
+    raw = {**evaluator_params().__dict__, key: value}
+    with pytest.raises(ValueError, match=f"evaluator.{key}"):
+        EvaluatorParams.from_mapping(raw)
+    with pytest.raises(ValueError, match="unknown keys \\['stpes'\\]"):
+        EvaluatorParams.from_mapping({**evaluator_params().__dict__, "stpes": 3})

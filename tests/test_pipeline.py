@@ -31,8 +31,13 @@ def without_timing(d: dict) -> dict:
 
 def test_repro_runs_every_stage(micro_repo):
     fid = read(micro_repo, "metrics/fid.json")
+    scores = {"fid", "kid", "class_entropy", "confidence"}
     for model in ("ddpm", "drift", "real_test", "noise"):
-        assert set(fid[model]) == {"fid", "kid_mean", "kid_std", "precision", "recall"}
+        with_labels = scores | {"recognisability"} if model == "real_test" else scores
+        assert set(fid[model]) == {f"{s}{e}" for s in with_labels for e in ("", "_lo", "_hi")} | {"precision", "recall"}
+        assert all(fid[model][f"{s}_lo"] <= fid[model][f"{s}_hi"] for s in with_labels)
+    assert fid["evaluator_accuracy"] == read(micro_repo, "metrics/evaluator.json")["heldout_accuracy"]
+    assert (micro_repo / "plots/evaluator_confusion.csv").read_text().startswith("actual,predicted\n")
     bench = read(micro_repo, "metrics/benchmark.json")
     assert set(bench["by_batch"]) == {"bs1", "bs2"}
     assert bench["by_batch"]["bs1"]["best"]["ratio"] > 1  # one NFE beats five

@@ -87,7 +87,8 @@ def test_charts_are_valid_pngs(tmp_path):
     rows.append({"model": "drift", "mode": "cuda_graphs", "batch_size": 1, "status": "skipped", "reason": "cpu",
                  "images_per_s": None})
     outs = [plot_training_curves({"ddpm": tmp_path / "a.csv", "drift": tmp_path / "b.csv"}, tmp_path / "t.png"),
-            plot_fid({"ddpm": {"fid": 10.0, "nfe": 50}, "drift": 15.0}, tmp_path / "f.png"),
+            plot_fid({"ddpm": {"fid": 10.0, "fid_lo": 9.0, "fid_hi": 11.5, "nfe": 50}, "drift": 15.0},
+                     tmp_path / "f.png"),
             plot_benchmark(rows, tmp_path / "bench.png")]
     for out in outs:
         assert out.read_bytes()[:8] == PNG_MAGIC

@@ -1,41 +1,91 @@
-"""The README results block is generated from metrics files."""
+"""The README results blocks are generated from metrics files and from `dvc exp show --json`."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from driftin.report import END, START, results_markdown, update_readme
+from driftin.exps import runs, spread_markdown
+from driftin.report import END, SEEDS_END, SEEDS_START, START, results_markdown, update_readme
+
+# Recorded `dvc exp show --json` (DVC 3.67) after `dvc exp run --queue -S seed=0,1,2 && dvc queue start` in a
+# stand-in repository whose one stage writes metrics/fid.json and train_*.json in the pipeline's layout.
+EXP_SHOW = Path(__file__).parent / "fixtures" / "exp_show.json"
+
+
+def scores(fid: float, **extra) -> dict:
+    m = {"fid": fid, "fid_lo": fid - 1, "fid_hi": fid + 1.5, "kid": 4e-5, "kid_lo": -1e-5, "kid_hi": 9e-5,
+         "precision": 0.5, "recall": 0.4, "class_entropy": 0.9, "class_entropy_lo": 0.88, "class_entropy_hi": 0.92,
+         "confidence": 0.6, "confidence_lo": 0.55, "confidence_hi": 0.65}
+    return {**m, **extra}
 
 
 def fake_metrics(tmp_path):
-    m = {"fid": 12.5, "kid_mean": 0.1, "kid_std": 0.01, "precision": 0.5, "recall": 0.4}
+    real = scores(0.2, recognisability=0.991, recognisability_lo=0.985, recognisability_hi=0.996)
     files = {
-        "fid": {"ddpm": m, "drift": {**m, "fid": 9.25}, "real_test": m, "noise": m, "extractor": "evaluator",
-                "num_samples": 100},
+        "fid": {"ddpm": scores(12.5), "drift": scores(9.25), "real_test": real, "noise": scores(400.0),
+                "extractor": "evaluator", "evaluator_accuracy": 0.9912, "num_samples": 100},
         "benchmark": {"ddim_steps": 50, "device": {"device_name": "cpu-x", "torch": "2", "torch_threads": 2},
                       "by_batch": {"bs8": {"best": {"drift_images_per_s": 400.0, "drift_mode": "compile",
                                                     "ddpm_images_per_s": 8.0, "ddpm_mode": "eager_fp32",
                                                     "ratio": 50.0}}}},
         "train_ddpm": {"steps": 10, "batch_size": 4, "train_seconds": 3.0, "images_per_s": 13.0},
         "train_drift": {"steps": 7, "batch_size": 4, "train_seconds": 2.0, "images_per_s": 14.0, "encoder": "mae"},
-        "evaluator": {"val_accuracy": 0.9},
     }
     for name, obj in files.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(obj))
     return tmp_path
 
 
-def test_tables_carry_the_metrics(tmp_path):
+def test_tables_carry_the_metrics_and_their_intervals(tmp_path):
     text = results_markdown(fake_metrics(tmp_path))
-    assert "| drifting (mae features) | 1 | 7 | 9.25 |" in text
+    assert "| drifting (mae features) | 1 | 7 | 9.25 [8.25, 10.75] | 4e-05 [-1e-05, 9e-05] |" in text
+    assert "| real (held-out) | - | - | 0.20 [-0.80, 1.70] |" in text
+    assert "| 0.991 [0.985, 0.996] |" in text  # recognisability of held-out real images
     assert "| 8 | 400.0 (compile) | 8.00 (eager_fp32) | 50x |" in text
-    assert "90.0%" in text
+    assert "99.1%" in text
 
 
 def test_update_readme_replaces_only_the_block(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
+    readme.write_text(f"intro\n{START}\nold\n{END}\n{SEEDS_START}\nseeds\n{SEEDS_END}\noutro\n")
     update_readme(readme, "new")
-    assert readme.read_text() == f"intro\n{START}\nnew\n{END}\noutro\n"
+    update_readme(readme, "spread", SEEDS_START, SEEDS_END)
+    assert readme.read_text() == f"intro\n{START}\nnew\n{END}\n{SEEDS_START}\nspread\n{SEEDS_END}\noutro\n"
     (tmp_path / "bare.md").write_text("no markers")
     with pytest.raises(SystemExit, match="results"):
         update_readme(tmp_path / "bare.md", "new")
+
+
+def test_runs_are_the_experiments_of_a_recorded_exp_show():
+    found = runs(json.loads(EXP_SHOW.read_text()))
+    assert sorted(r.params["seed"] for r in found) == [0, 1, 2]
+    assert all("metrics/fid.json" in r.metrics for r in found)
+
+
+def test_spread_is_mean_and_sample_std_over_seeds():
+    show = json.loads(EXP_SHOW.read_text())
+    fids = [r.metrics["metrics/fid.json"]["drift"]["fid"] for r in runs(show)]
+    mean = sum(fids) / 3
+    std = (sum((f - mean) ** 2 for f in fids) / 2) ** 0.5
+    text = spread_markdown(show)
+    assert "over 3 seeds (0, 1, 2" in text
+    assert f"| drifting | {mean:.2f} ± {std:.2f} |" in text
+    assert "| real (held-out) |" in text and text.count("\n| ") == 5  # header + 4 models
+
+
+def test_spread_groups_runs_that_differ_in_more_than_the_seed():
+    show = json.loads(EXP_SHOW.read_text())
+    exp = show[1]["experiments"][0]["revs"][0]
+    exp["data"]["params"]["params.yaml"]["data"]["drift"]["steps"] = 720
+    text = spread_markdown(show)
+    assert text.count("Mean ± standard deviation") == 2 and "`drift.steps=720`" in text
+
+
+def test_cli_writes_the_seeds_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{SEEDS_START}\n{SEEDS_END}\n")
+    subprocess.run([sys.executable, "-m", "driftin.report", "--exps", "--exp-show-json", str(EXP_SHOW),
+                    "--readme", str(readme)], check=True)
+    assert "| drifting |" in readme.read_text()

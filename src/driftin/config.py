@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from .evaluator import EvaluatorParams
 from .unet import UNET_PRESETS
 from .unet import _validate as check_unet_size
 
@@ -101,21 +102,13 @@ class EncodersConfig:
 
 
 @dataclass(frozen=True)
-class EvaluatorParams:
-    steps: int
-    batch_size: int
-    lr: float
-
-
-@dataclass(frozen=True)
 class EvaluateConfig:
     num_samples: int
     ddim_steps: int
     reference_samples: int
     batch_size: int
-    kid_subset_size: int
+    bootstrap: int
     inception_weights: str | None
-    evaluator: EvaluatorParams
 
 
 @dataclass(frozen=True)
@@ -143,6 +136,7 @@ class Params:
     drift: DriftConfig
     encoders: EncodersConfig
     evaluate: EvaluateConfig
+    evaluator: EvaluatorParams
     benchmark: BenchmarkConfig
     render: RenderConfig
 
@@ -310,19 +304,15 @@ def validate(p: Params) -> None:
     _require(e.dinov2.resize % 14 == 0, "encoders.dinov2.resize", "must be a multiple of the ViT patch size 14")
 
     ev = p.evaluate
-    for name in ("num_samples", "ddim_steps", "reference_samples", "batch_size", "kid_subset_size"):
+    for name in ("num_samples", "ddim_steps", "reference_samples", "batch_size", "bootstrap"):
         _positive(getattr(ev, name), f"evaluate.{name}")
     _require(ev.ddim_steps <= 1000, "evaluate.ddim_steps", "must be <= 1000 (the DDPM training steps T)")
-    _require(
-        ev.kid_subset_size <= min(ev.num_samples, d.test_samples),
-        "evaluate.kid_subset_size",
-        f"({ev.kid_subset_size}) must not exceed evaluate.num_samples ({ev.num_samples}) "
-        f"or data.test_samples ({d.test_samples})",
-    )
-    _require(ev.kid_subset_size <= ev.reference_samples, "evaluate.kid_subset_size",
-             f"({ev.kid_subset_size}) must not exceed evaluate.reference_samples ({ev.reference_samples})")
-    for name in ("steps", "batch_size", "lr"):
-        _positive(getattr(ev.evaluator, name), f"evaluate.evaluator.{name}")
+    _require(ev.num_samples >= 2 and ev.reference_samples >= 2, "evaluate.num_samples",
+             "and evaluate.reference_samples must be >= 2 (covariances)")
+    try:
+        p.evaluator.check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
     b = p.benchmark
     for i, m in enumerate(b.modes):

@@ -7,7 +7,8 @@ Design:
   is the file holding the plain dict from `train_evaluator` (`torch.save(state, path)`). So
   `torch_fidelity.calculate_metrics(feature_extractor="driftin-evaluator", feature_extractor_weights_path=...)`
   works too once this module is imported.
-- The metrics themselves are torch-fidelity's functions applied to feature arrays (`fidelity_from_features`).
+- FID and KID are `driftin.scores` (pure functions of features that also give bootstrap intervals; equal to
+  torch-fidelity's, tested), precision/recall torch-fidelity's, applied to feature arrays (`fidelity_from_features`).
 - Reference features are a plain array, not torch-fidelity's cache: its cache key ignores the weights (a retrained
   evaluator would silently reuse stale features) and a DVC stage needs a declared output file. `reference_features`
   extracts them (and optionally writes an .npz tagged with the extractor id = name + weights hash);
@@ -29,8 +30,6 @@ import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.helpers import vassert
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor
@@ -38,6 +37,7 @@ from torch_fidelity.utils import create_feature_extractor
 from driftin.downloads import host_reachable
 from driftin.evaluator import load_evaluator
 from driftin.files import file_digest, save_npz
+from driftin.scores import fid, kernel_sums, kid, reference_stats
 
 EVALUATOR_EXTRACTOR = "driftin-evaluator"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
@@ -164,43 +164,38 @@ def load_reference_features(path: str, *, extractor: str, weights_path: str | No
     return feats
 
 
-def fidelity_from_features(phi_gen: np.ndarray, phi_ref: np.ndarray, *, kid_subset_size: int,
-                           prc_neighborhood: int = 3) -> dict[str, float]:
-    """FID, KID and precision/recall (Kynkaanniemi et al.) from features [N, D] (generated) and [M, D] (reference)."""
+def precision_recall(phi_gen: np.ndarray, phi_ref: np.ndarray, prc_neighborhood: int = 3) -> dict[str, float]:
+    """Precision and recall (Kynkaanniemi et al.) of features [N, D] (generated) against [M, D] (reference)."""
     n, m = len(phi_gen), len(phi_ref)
     if phi_gen.ndim != 2 or phi_ref.ndim != 2 or phi_gen.shape[1] != phi_ref.shape[1]:
         raise ValueError(f"features must be [N, D] and [M, D], got {phi_gen.shape} and {phi_ref.shape}")
-    if not 2 <= kid_subset_size <= min(n, m):
-        raise ValueError(f"kid_subset_size={kid_subset_size} must be in [2, {min(n, m)}]: KID subsets are drawn "
-                         f"without replacement from {n} generated and {m} reference samples; lower "
-                         f"evaluate.kid_subset_size or draw more samples")
     if not 1 <= prc_neighborhood < min(n, m):
         raise ValueError(f"prc_neighborhood={prc_neighborhood} must be in [1, {min(n, m) - 1}] for {n} generated "
                          f"and {m} reference samples")
     f_gen = torch.from_numpy(np.ascontiguousarray(phi_gen, dtype=np.float32))  # (N, D)
     f_ref = torch.from_numpy(np.ascontiguousarray(phi_ref, dtype=np.float32))  # (M, D)
-    fid = fid_statistics_to_metric(fid_features_to_statistics(f_gen), fid_features_to_statistics(f_ref), False)
-    kid = kid_features_to_metric(f_gen, f_ref, kid_subset_size=kid_subset_size, verbose=False)
     # torch-fidelity's convention: input1 = generated, input2 = real. save_cpu_ram -> blockwise distances.
     prc = prc_features_to_metric(f_gen, f_ref, prc_neighborhood=prc_neighborhood, save_cpu_ram=True, verbose=False)
-    return {
-        "fid": fid[KEY_METRIC_FID],
-        "kid_mean": kid[KEY_METRIC_KID_MEAN],
-        "kid_std": kid[KEY_METRIC_KID_STD],
-        "precision": prc[KEY_METRIC_PRECISION],
-        "recall": prc[KEY_METRIC_RECALL],
-    }
+    return {"precision": prc[KEY_METRIC_PRECISION], "recall": prc[KEY_METRIC_RECALL]}
+
+
+def fidelity_from_features(phi_gen: np.ndarray, phi_ref: np.ndarray, *, prc_neighborhood: int = 3) -> dict[str, float]:
+    """FID, KID and precision/recall from features [N, D] (generated) and [M, D] (reference); no intervals (for
+    those, `driftin.scores.scores_with_intervals`)."""
+    pr = precision_recall(phi_gen, phi_ref, prc_neighborhood)
+    ref, g = reference_stats(phi_ref), torch.from_numpy(np.asarray(phi_gen))
+    return {"fid": fid(g, ref), "kid": kid(kernel_sums(g, ref)), **pr}
 
 
 def compute_fidelity(generated: np.ndarray, reference: np.ndarray, *, extractor: str, weights_path: str | None,
-                     kid_subset_size: int, prc_neighborhood: int = 3, batch_size: int, device: str,
+                     prc_neighborhood: int = 3, batch_size: int, device: str,
                      cache_dir: str | None = None, cache_key: str = "reference") -> dict[str, float]:
     """Metrics of uint8 [N, H, W, 3] generated images against a reference set.
 
     `reference` is either uint8 images [M, H, W, 3] or their float features [M, D] from `reference_features` /
     `load_reference_features`. For reference images and a `cache_dir`, their features are cached in
     `<cache_dir>/<cache_key>-<hash of extractor id and images>.npz` and reused on later calls.
-    Returns {fid, kid_mean, kid_std, precision, recall}.
+    Returns {fid, kid, precision, recall}.
     """
     _check_images(generated, "generated")
     resolve_weights(extractor, weights_path)  # fail fast, before any work
@@ -213,8 +208,7 @@ def compute_fidelity(generated: np.ndarray, reference: np.ndarray, *, extractor:
                                              cache_key=cache_key)
     phi_gen = reference_features(generated, extractor=extractor, weights_path=weights_path, batch_size=batch_size,
                                  device=device)
-    return fidelity_from_features(phi_gen, phi_ref, kid_subset_size=kid_subset_size,
-                                  prc_neighborhood=prc_neighborhood)
+    return fidelity_from_features(phi_gen, phi_ref, prc_neighborhood=prc_neighborhood)
 
 
 def _cached_reference_features(reference: np.ndarray, *, extractor: str, weights_path: str | None, batch_size: int,

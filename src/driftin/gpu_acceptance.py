@@ -41,7 +41,7 @@ GPU_PRESET = {
     "ddpm": {"batch_size": 128, "lr": 0.0002, "warmup": 50, "checkpoint_every": 50},
     "drift": {"batch_size": 128, "positives": 256, "lr": 0.0002, "warmup": 50, "checkpoint_every": 100},
     "encoders": {"cache_images": 4096},
-    "evaluate": {"num_samples": 2000, "reference_samples": 5000, "batch_size": 500, "kid_subset_size": 1000},
+    "evaluate": {"num_samples": 2000, "reference_samples": 5000, "batch_size": 500, "bootstrap": 100},
     "benchmark": {"modes": ["eager_fp32", "eager_bf16", "compile", "compile_max_autotune", "cuda_graphs"],
                   "batch_sizes": [1, 8, 32, 128], "repeats": 5, "warmup": 2},
 }
@@ -54,7 +54,7 @@ SMOKE_PRESET = {
     "drift": {"batch_size": 8, "positives": 16, "warmup": 2, "checkpoint_every": 2},
     "encoders": {"cache_images": 32, "mae": {"steps": 3, "batch_size": 16}},
     "evaluate": {"num_samples": 24, "ddim_steps": 5, "reference_samples": 100, "batch_size": 24,
-                 "kid_subset_size": 12},
+                 "bootstrap": 20},
     "benchmark": {"modes": ["eager_fp32", "cuda_graphs"], "batch_sizes": [1, 2], "ddim_steps": 5, "repeats": 1},
     "render": {"grid_samples": 8},
 }

@@ -225,13 +225,18 @@ def plot_training_curves(curves: Mapping[str, str | os.PathLike], path: str | os
 
 def plot_fid(metrics: Mapping[str, float | Mapping[str, float]], path: str | os.PathLike, *,
              key: str = "fid") -> Path:
-    """Bar chart of FID per model (lower is better); metrics: model -> FID or {fid, nfe?, ...}."""
+    """Bar chart of FID per model (lower is better); metrics: model -> FID or {fid, fid_lo?, fid_hi?, nfe?, ...}.
+    With `<key>_lo` / `<key>_hi` (the bootstrap 95% interval) the bars carry it as error bars."""
     names = list(metrics)
     values = [float(m[key] if isinstance(m, Mapping) else m) for m in metrics.values()]
     ticks = [f"{n}\n({int(m['nfe'])} NFE)" if isinstance(m, Mapping) and "nfe" in m else n
              for n, m in metrics.items()]
+    bounds = [(m.get(f"{key}_lo", v), m.get(f"{key}_hi", v)) if isinstance(m, Mapping) else (v, v)
+              for m, v in zip(metrics.values(), values)]
+    yerr = np.clip([[v - lo for (lo, _), v in zip(bounds, values)], [hi - v for (_, hi), v in zip(bounds, values)]],
+                   0, None)  # (2, models): below, above
     fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(names), 3.4))
-    bars = ax.bar(ticks, values, color=[f"C{i}" for i in range(len(names))])
+    bars = ax.bar(ticks, values, yerr=yerr, capsize=4, color=[f"C{i}" for i in range(len(names))])
     ax.bar_label(bars, fmt="%.2f")
     ax.set(ylabel=f"{key.upper()} (lower is better)", title=key.upper())
     ax.margins(y=0.15)

@@ -1,7 +1,8 @@
-"""The README's results section, generated from metrics/ (never typed by hand).
+"""The README's results sections, generated from metrics/ and experiments (never typed by hand).
 
-    python -m driftin.report                 # print the tables
-    python -m driftin.report --readme README.md   # rewrite the block between the results markers
+    python -m driftin.report                        # print the tables of the run in metrics/
+    python -m driftin.report --readme README.md     # rewrite the block between the results markers
+    python -m driftin.report --exps [--readme README.md]   # mean +/- std over seeds from `dvc exp show --json`
 """
 from __future__ import annotations
 
@@ -10,34 +11,52 @@ import json
 import re
 from pathlib import Path
 
+from driftin.exps import exp_show, number, spread_markdown
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+SEEDS_START, SEEDS_END = "<!-- seeds:start -->", "<!-- seeds:end -->"
 
 
 def _load(metrics: Path, name: str) -> dict:
     return json.loads((metrics / f"{name}.json").read_text())
 
 
+def _interval(m: dict, key: str, decimals: int) -> str:
+    """'value [lo, hi]', each in `decimals` places unless that would print a non-zero score as zero."""
+    return f"{number(m[key], decimals)} [{number(m[key + '_lo'], decimals)}, {number(m[key + '_hi'], decimals)}]"
+
+
 def results_markdown(metrics: Path = Path("metrics")) -> str:
     fid, bench = _load(metrics, "fid"), _load(metrics, "benchmark")
     train = {k: _load(metrics, f"train_{k}") for k in ("ddpm", "drift")}
-    ev = _load(metrics, "evaluator")
     steps = bench["ddim_steps"]
-    space = "Inception-v3" if fid["extractor"] == "inception" else (
-        f"the trained evaluator's features (held-out accuracy {ev.get('val_accuracy', float('nan')):.1%})")
+    accuracy = f" (held-out accuracy {fid['evaluator_accuracy']:.1%})" if "evaluator_accuracy" in fid else ""
+    space = "Inception-v3" if fid["extractor"] == "inception" else f"the trained evaluator's features{accuracy}"
     batches = sorted(bench["by_batch"], key=lambda b: int(b[2:]))
+    recognisable = "class_entropy" in fid["ddpm"]
     lines = [
         f"Quality: {fid['num_samples']} samples per model, FID/KID/precision/recall in {space}, against the "
-        "training set. `real (held-out)` is the floor a perfect generator would reach, `noise` a ceiling.",
-        "",
-        "| model | NFE | train steps | FID | KID | precision | recall |",
-        "|---|---|---|---|---|---|---|",
+        "training set, with bootstrap 95% intervals over the samples in brackets. `real (held-out)` is the floor a "
+        "perfect generator would reach, `noise` a ceiling.",
     ]
+    if recognisable:
+        lines[0] += (" Class entropy: the evaluator's predicted-class histogram, 1 = every class equally often; "
+                     "confidence: its mean top-class probability; recognisability: the share classified as the "
+                     "requested class (real images: their label).")
+    header = "| model | NFE | train steps | FID | KID | precision | recall |"
+    if recognisable:
+        header += " class entropy | confidence | recognisability |"
+    lines += ["", header, "|---" * (header.count("|") - 1) + "|"]
     rows = [("DDPM (DDIM)", fid["ddpm"], steps, train["ddpm"]["steps"]),
             (f"drifting ({train['drift'].get('encoder', '?')} features)", fid["drift"], 1, train["drift"]["steps"]),
             ("real (held-out)", fid["real_test"], "-", "-"), ("uniform noise", fid["noise"], "-", "-")]
     for name, m, nfe, st in rows:
-        lines.append(f"| {name} | {nfe} | {st} | {m['fid']:.2f} | {m['kid_mean']:.4f} | {m['precision']:.3f} | "
-                     f"{m['recall']:.3f} |")
+        row = (f"| {name} | {nfe} | {st} | {_interval(m, 'fid', 2)} | {_interval(m, 'kid', 3)} | "
+               f"{m['precision']:.3f} | {m['recall']:.3f} |")
+        if recognisable:
+            row += (f" {_interval(m, 'class_entropy', 3)} | {_interval(m, 'confidence', 3)} | "
+                    f"{_interval(m, 'recognisability', 3) if 'recognisability' in m else '-'} |")
+        lines.append(row)
     device = bench["device"]
     lines += [
         "",
@@ -65,22 +84,28 @@ def results_markdown(metrics: Path = Path("metrics")) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, block: str) -> None:
+def update_readme(readme: Path, block: str, start: str = START, end: str = END) -> None:
     text = readme.read_text()
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise SystemExit(f"{readme} has no '{START}' ... '{END}' block to fill")
-    readme.write_text(pattern.sub(lambda _: f"{START}\n{block}\n{END}", text))
+        raise SystemExit(f"{readme} has no '{start}' ... '{end}' block to fill")
+    readme.write_text(pattern.sub(lambda _: f"{start}\n{block}\n{end}", text))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--metrics", default="metrics", type=Path)
     p.add_argument("--readme", type=Path, help="rewrite this file's results block instead of printing")
+    p.add_argument("--exps", action="store_true", help="mean +/- std over the seeds of `dvc exp show`")
+    p.add_argument("--exp-show-json", type=Path, help="with --exps: read this saved `dvc exp show --json` output")
     args = p.parse_args()
-    block = results_markdown(args.metrics)
+    if args.exps:
+        show = json.loads(args.exp_show_json.read_text()) if args.exp_show_json else exp_show()
+        block, markers = spread_markdown(show), (SEEDS_START, SEEDS_END)
+    else:
+        block, markers = results_markdown(args.metrics), (START, END)
     if args.readme:
-        update_readme(args.readme, block)
+        update_readme(args.readme, block, *markers)
     else:
         print(block)
 
