@@ -35,7 +35,8 @@ def main() -> None:
             f"'{params.encoder}'. Run `dvc repro` (it re-runs cache_features first) rather than this stage alone."
         )
     encoder = build_encoder(params.encoder, image_size=params.data.image_size,
-                            **encoder_kwargs(params, enc_record["mae_state"])).to(device)
+                            **encoder_kwargs(params, enc_record["mae_state"]))
+    encoder = encoder.to(device, memory_format=torch.channels_last)  # see objectives.drift_objective
     real_maps = torch.load(feats / "real.pt", map_location="cpu", weights_only=False)["maps"]
 
     # The generator must not start from a constant output (every sample equal): keep the default init.
