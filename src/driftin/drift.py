@@ -28,7 +28,7 @@ ProcessGroup = dist.ProcessGroup
 # per-op overhead stays small (measured with `python -m driftin.bench_kernel`). The temporaries live in
 # workspaces allocated once per call: on CPU a fresh multi-MB tensor page-faults on first touch, which costs
 # about two passes over it.
-CHUNK_ELEMENTS = 1 << 20
+CHUNK_ELEMENTS = 1 << 19
 
 
 class _Problems(NamedTuple):
@@ -225,8 +225,9 @@ def _field(p: _Problems, temperatures: Sequence[float], *, tau_times_c: bool, af
             col_sum[r] = col_sum_of(sqrt_kernel(r, d_min[r, None], work_col))
         col_sum = _all_reduce(col_sum, dist.ReduceOp.SUM, group)
 
-    V_raw = [torch.empty(rows.stop - rows.start, n_tau * N, t.shape[-1], device=device)
-             for rows, t in zip(buckets, targets)]
+    # The field is built transposed, V^T = t^T B^T: with C rows the matmuls run ~2x faster than B t on CPU.
+    V_raw = [torch.empty(rows.stop - rows.start, t.shape[-1], n_tau * N, device=device)
+             for rows, t in zip(buckets, targets)]  # per bucket [L_b, C, n_tau*N]
     for rows, t, V_b in zip(buckets, targets, V_raw):
         for r in _chunks(rows, n_tau * N * T):
             l = r.stop - r.start
@@ -248,20 +249,20 @@ def _field(p: _Problems, temperatures: Sequence[float], *, tau_times_c: bool, af
             tb = t[r.start - rows.start:r.stop - rows.start]  # [l, T, C]
             # Cross-weighting W+ = A+ * sum(A-), W- = A- * sum(A+), applied after the matmuls as row scales:
             # V_i = rs_i^2 (sum(B-)_i (B+ y)_i - sum(B+)_i (B- x)_i).
-            V = V_b[r.start - rows.start:r.stop - rows.start]  # [l, n_tau*N, C]
-            torch.mul(torch.bmm(B_pos, tb[:, :n_pos]), B_neg.sum(dim=-1, keepdim=True), out=V)
-            V.addcmul_(torch.bmm(B_neg, tb[:, n_pos:]), B_pos.sum(dim=-1, keepdim=True), value=-1)
-            row_scale = rs.square().view(l, n_tau * N, 1) * (C[r].sqrt() / S[p.gid[r]])[:, None, None]
+            V = V_b[r.start - rows.start:r.stop - rows.start]  # [l, C, n_tau*N]
+            torch.mul(torch.bmm(tb[:, :n_pos].mT, B_pos.mT), B_neg.sum(dim=-1)[:, None], out=V)
+            V.addcmul_(torch.bmm(tb[:, n_pos:].mT, B_neg.mT), B_pos.sum(dim=-1)[:, None], value=-1)
+            row_scale = rs.square().view(l, 1, n_tau * N) * (C[r].sqrt() / S[p.gid[r]])[:, None, None]
             V *= row_scale  # and normalised units
 
-    sq = torch.cat([torch.linalg.vector_norm(V_b.view(V_b.shape[0], n_tau, -1), dim=-1) ** 2
-                    for V_b in V_raw])  # [L, n_tau]
+    V_raw = [V_b.view(V_b.shape[0], -1, n_tau, N) for V_b in V_raw]  # [L_b, C, n_tau, N]
+    sq = torch.cat([V_b.square().sum(dim=(1, 3)) for V_b in V_raw])  # [L, n_tau]
     sq = _all_reduce(_segment_sum(sq, p.gid, n_groups), dist.ReduceOp.SUM, group)  # [G, n_tau]
     C_group = _segment_sum(C, p.gid, n_groups) / size  # [G]
     lam = (sq / (size * N * world * C_group)[:, None]).sqrt()  # [G, n_tau]
     # An all-zero field (e.g. N_global = 1) stays zero instead of 0/0.
     inv_lam = 1.0 / lam.clamp_min(1e-12)
-    V = [torch.bmm(inv_lam[p.gid[rows], None], V_b.view(V_b.shape[0], n_tau, -1)).view(V_b.shape[0], N, -1)
+    V = [(V_b * inv_lam[p.gid[rows], None, :, None]).sum(dim=2).mT
          for rows, V_b in zip(buckets, V_raw)]  # sum_tau V_tau / lambda_tau, [L_b, N, C_b]
     return _Field(V=V, S=S, lam=lam, energy=energy)
 
