@@ -7,7 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driftin.drift import _affinities, _field, compute_drift, drift_loss
+from driftin import drift, drift_reference
+from driftin.drift import _field, _stack, compute_drift, drift_loss
+from driftin.features import feature_groups
+from driftin.mae import MAEConfig, MAEEncoder
 
 TAUS = (0.02, 0.05, 0.2)
 
@@ -37,9 +40,9 @@ def test_hand_computed_case():
     lam = math.sqrt((V[0] ** 2 + V[1] ** 2) / 2)
     expected = torch.tensor([[[V[0] / lam], [V[1] / lam]]])
 
-    field = _field(torch.tensor([[[a[0]], [a[1]]]]), torch.tensor([[[y]]]), (1.0,), tau_times_c=False,
-                   affinity_floor=0.0, group=None)
-    torch.testing.assert_close(field.V, expected, atol=1e-6, rtol=1e-5)
+    problems = _stack({"f": torch.tensor([[[a[0]], [a[1]]]])}, {"f": torch.tensor([[[y]]])})
+    field = _field(problems, (1.0,), tau_times_c=False, affinity_floor=0.0, group=None)
+    torch.testing.assert_close(field.V[0], expected, atol=1e-6, rtol=1e-5)
     assert field.S.item() == pytest.approx(7 / 6)
     assert field.lam.item() == pytest.approx(lam, rel=1e-5)
 
@@ -86,17 +89,12 @@ def test_each_temperature_contributes_unit_rms(n_tau: int, seed: int):
 
 def test_self_affinity_is_exactly_zero():
     x, y = _randn(1, 6, 3, seed=0), _randn(1, 4, 3, seed=1)
-    t = torch.cat([y, x], dim=1)  # [1, 10, 3]
-    d = torch.cdist(x, t)  # [1, 6, 10]
-    self_mask = torch.zeros(6, 10, dtype=torch.bool)
-    self_mask[torch.arange(6), 4 + torch.arange(6)] = True
-    for floor in (0.0, 1e-3):
-        A_sharp, A_mild = _affinities(d, self_mask, [50.0, 1.0], floor, None)  # [1, 6, 10] each
-        for A in (A_sharp, A_mild):
-            assert torch.all(A[0][self_mask] == 0) and torch.all(A[0][~self_mask] >= floor)
-        assert torch.all(A_mild[0][~self_mask] > 0)  # only the self entries are excluded
     # A single generated sample has no other negative: without self-exclusion it would drift towards y.
     assert torch.equal(compute_drift(x[:, :1], y), torch.zeros(1, 1, 3))
+    # With the floor every other entry is lifted to >= floor, the self entry stays 0: same as the reference.
+    for floor in (0.0, 1e-3, 1.0):
+        torch.testing.assert_close(compute_drift(x, y, affinity_floor=floor),
+                                   drift_reference.compute_drift(x, y, affinity_floor=floor), atol=1e-5, rtol=1e-5)
 
 
 def test_affinity_floor_one_gives_uniform_kernel():
@@ -197,3 +195,48 @@ def test_loss_needs_matching_groups():
         drift_loss({"a": torch.zeros(1, 2, 3)}, {"b": torch.zeros(1, 2, 3)})
     with pytest.raises(ValueError):
         drift_loss({}, {})
+
+
+def _default_like_groups(n_gen: int, n_pos: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Feature groups of the default run's shapes (mae encoder, 16x16; random weights), smaller batches."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        encoder = MAEEncoder(MAEConfig()).eval().requires_grad_(False)
+        gen = feature_groups(encoder(torch.randn(n_gen, 3, 16, 16)))
+        pos = feature_groups(encoder(0.8 * torch.randn(n_pos, 3, 16, 16) + 0.2))
+    return gen, pos
+
+
+def _loss_and_grads(impl, gen: dict, pos: dict, **kwargs):
+    gen = {k: v.detach().clone().requires_grad_() for k, v in gen.items()}
+    loss, stats = impl.drift_loss(gen, pos, TAUS, **kwargs)
+    loss.backward()
+    return loss, stats, {k: v.grad for k, v in gen.items()}
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"affinity_floor": 1e-3}, {"tau_times_c": True}])
+@pytest.mark.parametrize("chunk_elements", [drift.CHUNK_ELEMENTS, 5000])
+def test_batched_kernel_matches_per_group_reference(kwargs, chunk_elements, monkeypatch):
+    # 22 groups in 4 channel buckets, as in the default run; a small chunk size also splits buckets into chunks
+    # (one problem per chunk for the largest) with a shorter last chunk.
+    monkeypatch.setattr(drift, "CHUNK_ELEMENTS", chunk_elements)
+    gen, pos = _default_like_groups(12, 20)
+    loss, stats, grads = _loss_and_grads(drift, gen, pos, **kwargs)
+    loss_ref, stats_ref, grads_ref = _loss_and_grads(drift_reference, gen, pos, **kwargs)
+    assert loss.item() == pytest.approx(loss_ref.item(), rel=1e-5)
+    for k in grads:  # relative to the group's largest gradient entry
+        torch.testing.assert_close(grads[k], grads_ref[k], atol=1e-5 * grads_ref[k].abs().max().item(), rtol=0)
+    assert set(stats) == set(stats_ref)
+    for k, v in stats_ref.items():
+        # The energy is a difference of nearly equal means (~1 each, summed in fp32 in another order): compare
+        # it to 1e-5 of those means.
+        assert stats[k] == pytest.approx(v, rel=1e-5, abs=1e-5 if k.startswith("energy") else 0), k
+    V_ref = drift_reference.compute_drift(gen["d0.loc"], pos["d0.loc"], TAUS, **kwargs)
+    V = compute_drift(gen["d0.loc"], pos["d0.loc"], TAUS, **kwargs)
+    torch.testing.assert_close(V, V_ref, atol=1e-5 * V_ref.abs().max().item(), rtol=0)
+
+
+def test_groups_must_share_the_batch():
+    with pytest.raises(ValueError, match="one batch"):
+        drift_loss({"a": torch.zeros(1, 4, 3), "b": torch.zeros(1, 5, 3)},
+                   {"a": torch.zeros(1, 6, 3), "b": torch.zeros(1, 6, 3)})

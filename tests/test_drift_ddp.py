@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from driftin import drift, drift_reference
 from driftin.drift import compute_drift, drift_loss
 
 WORLD = 2
@@ -16,11 +17,37 @@ N_LOCAL, NP_LOCAL = 8, 6  # generated / positive rows per rank
 
 def _global_batch() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
+    # Two groups share C = 5, so one batched call (one bucket) holds both, as in the default run's feature groups.
     gen = {"loc": torch.randn(3, WORLD * N_LOCAL, 5, generator=g),
-           "mean": torch.randn(1, WORLD * N_LOCAL, 4, generator=g)}
+           "mean": torch.randn(1, WORLD * N_LOCAL, 4, generator=g),
+           "std": torch.randn(2, WORLD * N_LOCAL, 5, generator=g).abs()}
     pos = {"loc": torch.randn(3, WORLD * NP_LOCAL, 5, generator=g) + 0.7,
-           "mean": torch.randn(1, WORLD * NP_LOCAL, 4, generator=g) - 0.3}
+           "mean": torch.randn(1, WORLD * NP_LOCAL, 4, generator=g) - 0.3,
+           "std": torch.randn(2, WORLD * NP_LOCAL, 5, generator=g).abs() * 1.5}
     return gen, pos
+
+
+class _CountingCollectives:
+    """Counts this rank's collective calls, to check that they do not grow with the number of groups."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._originals = {name: getattr(dist, name) for name in ("all_reduce", "all_gather")}
+
+    def __enter__(self) -> "_CountingCollectives":
+        for name, fn in self._originals.items():
+            setattr(dist, name, self._counted(fn))
+        return self
+
+    def _counted(self, fn):
+        def call(*args, **kwargs):
+            self.calls += 1
+            return fn(*args, **kwargs)
+        return call
+
+    def __exit__(self, *exc) -> None:
+        for name, fn in self._originals.items():
+            setattr(dist, name, fn)
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -32,8 +59,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         rows_pos = slice(rank * NP_LOCAL, (rank + 1) * NP_LOCAL)
         gen = {k: v[:, rows].clone().requires_grad_() for k, v in gen.items()}
         pos = {k: v[:, rows_pos] for k, v in pos.items()}
+        # A small chunk size makes every bucket span several chunks of problems (with a shorter last one).
+        drift.CHUNK_ELEMENTS = 2000
         V = compute_drift(gen["loc"].detach(), pos["loc"], group=group)
-        loss, stats = drift_loss(gen, pos, group=group)
+        with _CountingCollectives() as counter:
+            loss, stats = drift_loss(gen, pos, group=group)
         loss.backward()
         try:  # unequal local batches must fail loudly on every rank, not hang or mis-index
             compute_drift(gen["loc"].detach()[:, : N_LOCAL - rank], pos["loc"], group=group)
@@ -41,7 +71,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         except ValueError as e:
             unequal_error = str(e)
         torch.save({"V": V, "grads": {k: v.grad for k, v in gen.items()}, "stats": stats,
-                    "unequal_error": unequal_error}, Path(out_dir) / f"rank{rank}.pt")
+                    "unequal_error": unequal_error, "collectives": counter.calls}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -57,10 +87,11 @@ def test_two_process_field_and_gradients_match_one_process(tmp_path: Path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
+    # The oracle: the per-group reference kernel on the whole global batch in one process.
     gen, pos = _global_batch()
-    V_ref = compute_drift(gen["loc"], pos["loc"])
+    V_ref = drift_reference.compute_drift(gen["loc"], pos["loc"])
     gen = {k: v.clone().requires_grad_() for k, v in gen.items()}
-    loss, stats_ref = drift_loss(gen, pos)
+    loss, stats_ref = drift_reference.drift_loss(gen, pos)
     loss.backward()
 
     V_ddp = torch.cat([r["V"] for r in ranks], dim=1)  # rank-major rows = global order
@@ -78,3 +109,6 @@ def test_two_process_field_and_gradients_match_one_process(tmp_path: Path):
         assert r["stats"]["drift_norm"] == pytest.approx(stats_ref["drift_norm"], rel=1e-5)
         assert r["stats"]["energy"] == pytest.approx(stats_ref["energy"], rel=1e-5, abs=1e-6)
         assert "equal local" in r["unequal_error"]
+        # Per step: the size check, one gather of all features, S, column min, column sums, lambda; the
+        # per-group kernel ran 7 per group.
+        assert r["collectives"] == 6

@@ -40,18 +40,26 @@ def drift_objective(encoder: nn.Module, real_maps: list[torch.Tensor], *, batch_
     """Noise -> UNet (one step) -> frozen encoder -> drift loss against cached real feature maps.
 
     `real_maps`: cached encoder maps of real images (and their flips), one tensor [M, C, H, W] per depth, kept on
-    the CPU in fp16; each step draws `positives` of them, so the encoder never runs on real images here.
+    the CPU in fp16 (possibly memory-mapped); each step draws `positives` of them, so the encoder never runs on
+    real images here.
+    The encoder should be in channels-last memory format (the stage converts it): its convolutions run faster,
+    and every feature group's rows [L, B, C] are then contiguous in C, so stacking them copies whole rows.
     """
     num_real = real_maps[0].shape[0]
 
     def loss_fn(model: nn.Module, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         z = torch.randn((batch_size, 3, image_size, image_size), generator=gen).to(device)
         t = torch.full((batch_size,), DRIFT_T, dtype=torch.long, device=device)
-        x = model(z, t)  # (B, 3, H, W) generated images
-        gen_feats = feature_groups(encoder(x.float()))
-        idx = torch.randint(num_real, (positives,), generator=gen)
-        pos_feats = feature_groups([m[idx].to(device).float() for m in real_maps])
-        loss, stats = drift_loss(gen_feats, pos_feats, temperatures, group=group, **drift_kwargs)
+        x = model(z, t)  # (B, 3, H, W) generated images, bf16 under the trainer's CUDA autocast
+        # Kernel maths in fp32 even when the generator runs bf16 (DRIFTING.md sec. 4): the generated images go
+        # through the encoder in fp32, the path the cached real maps took, and the drift field never sees bf16.
+        with torch.autocast(device.type, enabled=False):
+            gen_feats = feature_groups(encoder(x.float().contiguous(memory_format=torch.channels_last)))
+            idx = torch.randint(num_real, (positives,), generator=gen)
+            # Channels-last like the generated maps, converted per draw: the cache itself may be memory-mapped.
+            pos_feats = feature_groups([m[idx].to(device, memory_format=torch.channels_last).float()
+                                        for m in real_maps])
+            loss, stats = drift_loss(gen_feats, pos_feats, temperatures, group=group, **drift_kwargs)
         # Per-group stats ("name/group") would add dozens of CSV columns; the curves keep the overall ones.
         return loss, {k: v for k, v in stats.items() if "/" not in k and k != "loss"}
 
