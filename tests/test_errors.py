@@ -7,6 +7,8 @@ import pytest
 import yaml
 
 from conftest import REPO, env, merge, micro_params
+from driftin import cli
+from driftin.config import ConfigError
 
 
 def run_stage(tmp_path: Path, stage: str, params: dict, *args: str) -> subprocess.CompletedProcess:
@@ -21,6 +23,21 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, *needles: str) -> No
     assert "Traceback" not in proc.stderr, proc.stderr
     for needle in needles:
         assert needle in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("whole", [
+    "/tmp/pytest-of-someone/pytest-1234/test-missing-cifar10-offline0/offline/cifar-10-batches-py",
+    "dvc exp run -S device=cpu -S evaluate.num_samples=64",
+])
+def test_error_paragraph_keeps_paths_and_commands_whole(capsys, whole):
+    # The filler puts `whole` across column 110, where the paragraph used to be wrapped.
+    def main():
+        raise ConfigError(f"{'word ' * 19}{whole} and then more words")
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(main)
+    assert exit_info.value.code == 1
+    assert whole in capsys.readouterr().err
 
 
 def test_missing_cifar10_offline(tmp_path):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from collections.abc import Callable
 
 from .config import ConfigError
@@ -28,7 +27,9 @@ def run(main: Callable[[], None]) -> None:
         print(f"\n{e}", file=sys.stderr)
         sys.exit(130)
     except USER_ERRORS as e:
-        print("\nerror: " + textwrap.fill(str(e), width=110, subsequent_indent="  "), file=sys.stderr)
+        # One unwrapped line: the terminal soft-wraps it, so every path, key and command in it stays whole and
+        # can be copied (a hard wrap split paths at their hyphens and commands at their spaces).
+        print(f"\nerror: {e}", file=sys.stderr)
         sys.exit(1)
     finally:
         shutdown_distributed()
