@@ -14,6 +14,7 @@ import torchvision
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.datasets.utils import download_and_extract_archive
 
+from driftin.rules import choice, positive, require
 from driftin.shapes import SHAPE_CLASSES, render_shapes
 
 DATASET_NAMES = ("shapes", "cifar10", "folder")
@@ -167,6 +168,17 @@ def load_folder(
     chosen = (order[:n_test] if split == "test" else order[n_test:])[:num_samples]
     images = np.stack([_read_image(paths[i], image_size) for i in chosen])
     return Dataset(images, labels[chosen], class_names)
+
+
+def validate(data) -> None:
+    """The `data` section (a config.DataConfig)."""
+    choice(data.dataset, DATASET_NAMES, "data.dataset")
+    positive(data.image_size, "data.image_size")
+    if data.train_samples is not None:
+        positive(data.train_samples, "data.train_samples")
+    require(data.dataset != "shapes" or data.train_samples is not None, "data.train_samples",
+            "must be set for the procedural 'shapes' dataset (how many images to render)")
+    positive(data.test_samples, "data.test_samples")
 
 
 def load_dataset(

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .generators import to_float
+from .rules import positive
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,12 @@ def _accuracy(net: Evaluator, x: torch.Tensor, y: torch.Tensor, batch_size: int,
     for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
         correct += int((net(xb.to(device)).argmax(1).cpu() == yb).sum())
     return correct / max(1, len(y))
+
+
+def validate(evaluator) -> None:
+    """The `evaluate.evaluator` section (a config.EvaluatorParams)."""
+    for name in ("steps", "batch_size", "lr"):
+        positive(getattr(evaluator, name), f"evaluate.evaluator.{name}")
 
 
 def train_evaluator(

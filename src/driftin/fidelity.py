@@ -35,12 +35,17 @@ from torch_fidelity.utils import create_feature_extractor
 
 from driftin.evaluator import load_evaluator
 from driftin.files import file_digest, save_npz
+from driftin.rules import positive, require
 
 EVALUATOR_EXTRACTOR = "driftin-evaluator"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
 # Basename of torch-fidelity's download URL, i.e. the file torch.hub would cache under <hub>/checkpoints/.
 INCEPTION_WEIGHTS_FILE = URL_INCEPTION_V3.rsplit("/", 1)[-1]
 INCEPTION_PARAMS_KEY = "evaluate.inception_weights"
+# k of the k-NN precision/recall (Kynkaanniemi et al.): each sample's radius is its distance to the k-th nearest
+# other sample of its set, so every set of images compared needs at least k + 1 of them.
+PRC_NEIGHBORHOOD = 3
+MIN_SAMPLES = PRC_NEIGHBORHOOD + 1
 _EXTRACTORS = {"inception": (INCEPTION_EXTRACTOR, "2048"), "evaluator": (EVALUATOR_EXTRACTOR, "features")}
 
 
@@ -115,6 +120,25 @@ def extractor_id(extractor: str, weights_path: str | None) -> str:
     return f"{_EXTRACTORS[extractor][0]}:{file_digest(resolve_weights(extractor, weights_path))[:16]}"
 
 
+def validate(evaluate, test_samples: int) -> None:
+    """The `evaluate` section's set sizes (a config.EvaluateConfig), with data.test_samples: the fid stage compares
+    evaluate.num_samples generated images, the first evaluate.num_samples held-out ones and
+    evaluate.reference_samples training images."""
+    for name in ("num_samples", "reference_samples", "batch_size"):
+        positive(getattr(evaluate, name), f"evaluate.{name}")
+    why = f"precision/recall measure each image's distance to its {PRC_NEIGHBORHOOD} nearest neighbours in its set"
+    for key, n in (("evaluate.num_samples", evaluate.num_samples), ("data.test_samples", test_samples),
+                   ("evaluate.reference_samples", evaluate.reference_samples)):
+        require(n >= MIN_SAMPLES, key, f"must be at least {MIN_SAMPLES}, got {n}: {why}")
+    kid = evaluate.kid_subset_size
+    require(kid >= 2, "evaluate.kid_subset_size", f"must be at least 2, got {kid}: KID compares pairs of samples")
+    require(kid <= min(evaluate.num_samples, test_samples), "evaluate.kid_subset_size",
+            f"({kid}) must not exceed evaluate.num_samples ({evaluate.num_samples}) "
+            f"or data.test_samples ({test_samples})")
+    require(kid <= evaluate.reference_samples, "evaluate.kid_subset_size",
+            f"({kid}) must not exceed evaluate.reference_samples ({evaluate.reference_samples})")
+
+
 def _check_images(images: np.ndarray, what: str) -> None:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{what} must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
@@ -147,7 +171,7 @@ def load_reference_features(path: str, *, extractor: str, weights_path: str | No
 
 
 def fidelity_from_features(phi_gen: np.ndarray, phi_ref: np.ndarray, *, kid_subset_size: int,
-                           prc_neighborhood: int = 3) -> dict[str, float]:
+                           prc_neighborhood: int = PRC_NEIGHBORHOOD) -> dict[str, float]:
     """FID, KID and precision/recall (Kynkaanniemi et al.) from features [N, D] (generated) and [M, D] (reference)."""
     n, m = len(phi_gen), len(phi_ref)
     if phi_gen.ndim != 2 or phi_ref.ndim != 2 or phi_gen.shape[1] != phi_ref.shape[1]:
@@ -175,7 +199,8 @@ def fidelity_from_features(phi_gen: np.ndarray, phi_ref: np.ndarray, *, kid_subs
 
 
 def compute_fidelity(generated: np.ndarray, reference: np.ndarray, *, extractor: str, weights_path: str | None,
-                     kid_subset_size: int, prc_neighborhood: int = 3, batch_size: int, device: str,
+                     kid_subset_size: int, prc_neighborhood: int = PRC_NEIGHBORHOOD, batch_size: int,
+                     device: str,
                      cache_dir: str | None = None, cache_key: str = "reference") -> dict[str, float]:
     """Metrics of uint8 [N, H, W, 3] generated images against a reference set.
 
