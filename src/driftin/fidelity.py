@@ -139,6 +139,16 @@ def validate(evaluate, test_samples: int) -> None:
             f"({kid}) must not exceed evaluate.reference_samples ({evaluate.reference_samples})")
 
 
+def images_needed(split: str, kid_subset_size: int) -> tuple[int, str]:
+    """Fewest images of a prepared split the fid stage can use, and why: the training split also supplies the
+    reference set, from which KID draws kid_subset_size images without replacement."""
+    why = f"the fid stage compares sets of at least {MIN_SAMPLES} images ({PRC_NEIGHBORHOOD}-NN precision/recall)"
+    if split != "train":
+        return MIN_SAMPLES, why
+    return max(MIN_SAMPLES, kid_subset_size), (f"{why} and draws evaluate.kid_subset_size ({kid_subset_size}) "
+                                               "reference images from the training split")
+
+
 def _check_images(images: np.ndarray, what: str) -> None:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{what} must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
