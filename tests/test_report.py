@@ -18,6 +18,9 @@ def fake_metrics(tmp_path):
         "train_ddpm": {"steps": 10, "batch_size": 4, "train_seconds": 3.0, "images_per_s": 13.0},
         "train_drift": {"steps": 7, "batch_size": 4, "train_seconds": 2.0, "images_per_s": 14.0, "encoder": "mae"},
         "evaluator": {"val_accuracy": 0.9},
+        # The samples were drawn with fewer DDIM steps than the benchmark timed.
+        "sample_ddpm": {"nfe": 20, "num_samples": 100},
+        "sample_drift": {"nfe": 1, "num_samples": 100},
     }
     for name, obj in files.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(obj))
@@ -27,6 +30,8 @@ def fake_metrics(tmp_path):
 def test_tables_carry_the_metrics(tmp_path):
     text = results_markdown(fake_metrics(tmp_path))
     assert "| drifting (mae features) | 1 | 7 | 9.25 |" in text
+    assert "| DDPM (DDIM) | 20 | 10 | 12.50 |" in text  # the samples' NFE, not benchmark.ddim_steps
+    assert "DDIM-50 images/s" in text  # the speed table keeps the benchmark's
     assert "| 8 | 400.0 (compile) | 8.00 (eager_fp32) | 50x |" in text
     assert "90.0%" in text
 

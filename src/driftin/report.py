@@ -21,7 +21,8 @@ def results_markdown(metrics: Path = Path("metrics")) -> str:
     fid, bench = _load(metrics, "fid"), _load(metrics, "benchmark")
     train = {k: _load(metrics, f"train_{k}") for k in ("ddpm", "drift")}
     ev = _load(metrics, "evaluator")
-    steps = bench["ddim_steps"]
+    nfe = {k: _load(metrics, f"sample_{k}")["nfe"] for k in ("ddpm", "drift")}  # what the FID samples used
+    steps = bench["ddim_steps"]  # what the speed rows used
     space = "Inception-v3" if fid["extractor"] == "inception" else (
         f"the trained evaluator's features (held-out accuracy {ev.get('val_accuracy', float('nan')):.1%})")
     batches = sorted(bench["by_batch"], key=lambda b: int(b[2:]))
@@ -32,8 +33,9 @@ def results_markdown(metrics: Path = Path("metrics")) -> str:
         "| model | NFE | train steps | FID | KID | precision | recall |",
         "|---|---|---|---|---|---|---|",
     ]
-    rows = [("DDPM (DDIM)", fid["ddpm"], steps, train["ddpm"]["steps"]),
-            (f"drifting ({train['drift'].get('encoder', '?')} features)", fid["drift"], 1, train["drift"]["steps"]),
+    rows = [("DDPM (DDIM)", fid["ddpm"], nfe["ddpm"], train["ddpm"]["steps"]),
+            (f"drifting ({train['drift'].get('encoder', '?')} features)", fid["drift"], nfe["drift"],
+             train["drift"]["steps"]),
             ("real (held-out)", fid["real_test"], "-", "-"), ("uniform noise", fid["noise"], "-", "-")]
     for name, m, nfe, st in rows:
         lines.append(f"| {name} | {nfe} | {st} | {m['fid']:.2f} | {m['kid_mean']:.4f} | {m['precision']:.3f} | "
