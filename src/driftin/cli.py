@@ -13,8 +13,8 @@ from .trainer import TrainingDiverged, TrainingInterrupted
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DeviceUnavailable, TrainingDiverged, FileNotFoundError)
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+def parser(description: str, **kwargs) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, **kwargs)
     p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     return p
 

@@ -218,7 +218,6 @@ def validate(p: Params) -> None:
     """Hand each section to the module that owns its rules; each raises ConfigError naming the key.
 
     Imported here rather than at the top: several owners import this module's types (an import cycle otherwise).
-    The order is the order of params.yaml, so the first bad key in the file is the one reported.
     """
     from . import (benchmark, datasets, ddpm, drift, encoders, evaluator, feature_cache, fidelity, mae, render,
                    runtime, trainer, unet)

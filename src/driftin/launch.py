@@ -23,15 +23,7 @@ from . import cli
 from .config import ConfigError, Params, load_params
 
 
-def _split(argv: list[str]) -> tuple[list[str], list[str]]:
-    if "--" not in argv:
-        raise SystemExit(f"usage: python -m driftin.launch --nproc-per-node N --key SECTION.nproc_per_node -- "
-                         f"SCRIPT [ARGS...] (no '--' in {' '.join(argv)!r})")
-    i = argv.index("--")
-    return argv[:i], argv[i + 1:]
-
-
-def nproc(value: str, key: str, params: Params) -> int:
+def _nproc(value: str, key: str, params: Params) -> int:
     """N as given on the command line: a positive integer, equal to the params value it was interpolated from
     (the params checks, e.g. that N divides the batch, were made against that value)."""
     if not value.isdigit() or int(value) < 1:
@@ -67,17 +59,20 @@ def _torchrun(n: int, script: str, args: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    ours, stage = _split(sys.argv[1:] if argv is None else argv)
+def main() -> None:
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nproc-per-node", required=True, help="processes on this machine, as a positive integer")
     p.add_argument("--key", required=True, help="the params key N comes from, named in errors")
-    args = p.parse_args(ours)
+    args = p.parse_args(argv[:cut])
+    stage = argv[cut + 1:]
     if not stage:
-        p.error("no stage script after '--'")
+        p.error("give the stage script and its arguments after '--'")
     script, stage_args = stage[0], stage[1:]
-    params_path = cli.parser("").parse_known_args(stage_args)[0].params  # the stage's own --params and default
-    n = nproc(args.nproc_per_node, args.key, load_params(params_path))
+    # The stage's own --params option and default; its -h stays the stage's.
+    params_path = cli.parser("", add_help=False).parse_known_args(stage_args)[0].params
+    n = _nproc(args.nproc_per_node, args.key, load_params(params_path))
     if n > 1:
         sys.exit(_torchrun(n, script, stage_args))
     sys.argv = [script, *stage_args]
