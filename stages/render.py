@@ -38,6 +38,7 @@ def main() -> None:
     p = cli.parser(__doc__)
     p.add_argument("--out", required=True)
     p.add_argument("--samples", required=True, help="folder holding <model>.npz for each generator")
+    p.add_argument("--sample-metrics", required=True, help="folder holding sample_<model>.json (the NFE used)")
     p.add_argument("--models", required=True, help="folder holding <model>.pt for each generator")
     p.add_argument("--benchmark", required=True, help="the benchmark stage's metrics (JSON)")
     p.add_argument("--benchmark-plot", required=True, help="the benchmark stage's CSV")
@@ -51,11 +52,14 @@ def main() -> None:
     out = Path(args.out)
     n = params.render.grid_samples
     samples = {kind: load_npz(f"{args.samples}/{kind}.npz")["images"] for kind in ("ddpm", "drift")}
+    # The network evaluations the sample stage used for these images (the speed GIF uses the benchmark's).
+    nfe = {kind: read_json(f"{args.sample_metrics}/sample_{kind}.json")["nfe"] for kind in ("ddpm", "drift")}
 
     size = samples["ddpm"].shape[1]
     scale = max(2, 64 // size)  # small images need more magnification to be seen
     grid = comparison_grid({k: v[:n] for k, v in samples.items()}, scale=scale,
-                           labels={"ddpm": "DDPM (50 DDIM steps)", "drift": "Drifting (1 step)"})
+                           labels={"ddpm": f"DDPM ({nfe['ddpm']} DDIM steps)",
+                                   "drift": f"Drifting ({nfe['drift']} step{'s' if nfe['drift'] > 1 else ''})"})
     with atomic_path(out / "grid.png") as tmp:
         grid.save(tmp, format="PNG")
 
@@ -80,8 +84,8 @@ def main() -> None:
     plot_training_curves({"drift": args.drift_curve}, out / "drift_training.png",
                          columns=["drift_norm", "energy"], logy=False)
     fid = read_json(args.fid)
-    plot_fid({"real (held-out)": fid["real_test"], "ddpm": {**fid["ddpm"], "nfe": bench["ddim_steps"]},
-              "drift": {**fid["drift"], "nfe": 1}, "noise": fid["noise"]}, out / "fid.png")
+    plot_fid({"real (held-out)": fid["real_test"], "ddpm": {**fid["ddpm"], "nfe": nfe["ddpm"]},
+              "drift": {**fid["drift"], "nfe": nfe["drift"]}, "noise": fid["noise"]}, out / "fid.png")
     with open(args.benchmark_plot) as f:
         rows = [{**r, "batch_size": int(r["batch_size"]),
                  "images_per_s": float(r["images_per_s"]) if r["images_per_s"] else None} for r in csv.DictReader(f)]

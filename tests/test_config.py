@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from driftin import benchmark, datasets, encoders, runtime, unet
 from driftin.config import ConfigError, load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +50,7 @@ def test_default_params_load():
     ("evaluator.steps", 2.5, "evaluator.steps"),
     ("drift.ema", 1.0, "drift.ema"),
     ("device", "tpu", "device"),
+    ("benchmark.warmup", 0, "benchmark.warmup"),
 ])
 def test_bad_values_name_the_key(tmp_path, key, value, expected):
     with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
@@ -83,3 +85,31 @@ def test_scientific_notation_strings_are_numbers(tmp_path):
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_too_few_samples_for_precision_recall(tmp_path):
+    # torch-fidelity's k-NN precision/recall needs k + 1 images per set; its own message names no key.
+    raw = with_change("evaluate.num_samples", 3)
+    raw["render"]["grid_samples"] = 2
+    with pytest.raises(ConfigError, match=r"'evaluate.num_samples' must be at least 4"):
+        load_params(write(tmp_path, raw))
+
+
+def test_smallest_evaluation_sizes_are_accepted(tmp_path):
+    raw = with_change("evaluate.num_samples", 4)
+    raw["evaluate"].update(reference_samples=4)
+    raw["data"]["test_samples"] = 4
+    raw["render"]["grid_samples"] = 4
+    assert load_params(write(tmp_path, raw)).evaluate.num_samples == 4
+
+
+@pytest.mark.parametrize("key, value", [
+    *(("encoder", name) for name in encoders.available_encoders()),
+    *(("data.dataset", name) for name in datasets.DATASET_NAMES),
+    *(("unet.preset", name) for name in unet.UNET_PRESETS),
+    *(("device", name) for name in runtime.DEVICES),
+    ("benchmark.modes", list(benchmark.MODES)),
+])
+def test_every_choice_its_owner_exports_is_accepted(tmp_path, key, value):
+    # config.py keeps no copy of these lists, so the module that implements a choice is the one that allows it.
+    load_params(write(tmp_path, with_change(key, value)))

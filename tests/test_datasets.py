@@ -162,7 +162,7 @@ def test_folder_errors_are_clear(tmp_path):
         _load("folder", root=str(tmp_path / "empty"))
     _save(tmp_path / "mixed" / "top.png", (0, 0, 0))
     _save(tmp_path / "mixed" / "cls" / "x.png", (0, 0, 0))
-    with pytest.raises(ValueError, match="mixes"):
+    with pytest.raises(DatasetUnavailable, match="mixes"):
         _load("folder", root=str(tmp_path / "mixed"))
 
 
@@ -175,3 +175,32 @@ def test_load_dataset_passes_the_checksum_switch(tmp_path):
     test = load_dataset("cifar10", split="test", image_size=32, root=str(tmp_path), num_samples=2, seed=0,
                         download=False, verify_checksums=False)
     assert test.images.shape == (2, 32, 32, 3)
+
+
+@pytest.mark.parametrize("content", [b"not an image", None])
+def test_folder_names_an_unreadable_image(tmp_path, content):
+    for i in range(3):
+        _save(tmp_path / f"{i}.png", (10, 20, 30))
+    bad = tmp_path / "bad.png"
+    if content is None:  # a real PNG cut short
+        _save(bad, (10, 20, 30), size=(64, 64))
+        content = bad.read_bytes()[:60]
+    bad.write_bytes(content)
+    with pytest.raises(DatasetUnavailable, match="cannot read image .*bad.png"):
+        for split in ("train", "test"):
+            _load("folder", root=str(tmp_path), split=split, num_samples=None)
+
+
+def test_folder_scales_16_bit_greyscale_instead_of_clipping(tmp_path):
+    depth = np.full((12, 12), 0x8000, dtype=np.uint16)  # mid-grey in 16 bits; clipping would make it 255
+    for name in ("a.png", "b.png"):
+        Image.fromarray(depth).save(tmp_path / name)
+    images = np.concatenate([_load("folder", root=str(tmp_path), split=s, image_size=8, num_samples=None).images
+                             for s in ("train", "test")])
+    assert (images == 0x80).all()
+
+
+def test_require_images_names_the_folder_and_the_minimum(tmp_path):
+    datasets.require_images(4, 4, split="test", dataset="folder", root=str(tmp_path), why="fid")
+    with pytest.raises(DatasetUnavailable, match=r"data.root.*test split 1 images.*4 or more.*add images"):
+        datasets.require_images(1, 4, split="test", dataset="folder", root=str(tmp_path), why="fid")

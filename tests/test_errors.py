@@ -3,10 +3,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from conftest import REPO, env, merge, micro_params, stage_args
+from driftin import cli
+from driftin.config import ConfigError
 
 
 def run_stage(tmp_path: Path, stage: str, params: dict, *args: str) -> subprocess.CompletedProcess:
@@ -22,6 +26,21 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, *needles: str) -> No
     assert "Traceback" not in proc.stderr, proc.stderr
     for needle in needles:
         assert needle in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("whole", [
+    "/tmp/pytest-of-someone/pytest-1234/test-missing-cifar10-offline0/offline/cifar-10-batches-py",
+    "dvc exp run -S device=cpu -S evaluate.num_samples=64",
+])
+def test_error_paragraph_keeps_paths_and_commands_whole(capsys, whole):
+    # The filler puts `whole` across column 110, where the paragraph used to be wrapped.
+    def main():
+        raise ConfigError(f"{'word ' * 19}{whole} and then more words")
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(main)
+    assert exit_info.value.code == 1
+    assert whole in capsys.readouterr().err
 
 
 def test_missing_cifar10_offline(tmp_path):
@@ -52,8 +71,32 @@ def test_missing_pretrained_weights_offline(tmp_path, monkeypatch):
     params = merge(micro_params(), {"encoder": "resnet18",
                                     "encoders": {"resnet18": {"weights": str(tmp_path / "nowhere.pth")}}})
     (tmp_path / "data/prepared").mkdir(parents=True)
-    import numpy as np
     np.savez(tmp_path / "data/prepared/train.npz", images=np.zeros((4, 16, 16, 3), np.uint8),
              labels=np.zeros(4, np.int64), class_names=["a"])
     proc = run_stage(tmp_path, "cache_features.py", params)
     assert_clean_failure(proc, "nowhere.pth")
+
+
+def image_folder(root: Path, count: int) -> Path:
+    rng = np.random.default_rng(0)
+    root.mkdir()
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return root
+
+
+def test_folder_too_small_for_the_fid_stage(tmp_path):
+    # 5 images: a 1-image test split; the fid stage would crash on it after all the training.
+    image_folder(tmp_path / "five", 5)
+    params = merge(micro_params(), {"data": {"dataset": "folder", "root": "five", "train_samples": None}})
+    proc = run_stage(tmp_path, "prepare.py", params)
+    assert_clean_failure(proc, str(tmp_path / "five"), "data.root", "or more are needed")
+    assert not (tmp_path / "data").exists()
+
+
+def test_folder_with_a_misnamed_file(tmp_path):
+    root = image_folder(tmp_path / "imgs", 60)
+    (root / "notes.png").write_text("a text file with an image suffix")
+    params = merge(micro_params(), {"data": {"dataset": "folder", "root": "imgs", "train_samples": None}})
+    proc = run_stage(tmp_path, "prepare.py", params)
+    assert_clean_failure(proc, str(root / "notes.png"))

@@ -155,12 +155,12 @@ def test_same_params_same_metrics_and_bytes(micro_repo, tmp_path):
 
 
 def test_two_process_ddp_training_stages(tmp_path):
-    """Both training stages under `torchrun --nproc_per_node 2` (gloo on CPU): they finish, and rank 0 alone
+    """Both training stages under `driftin.launch --nproc-per-node 2`, i.e. torchrun (gloo on CPU): they finish, and rank 0 alone
     writes the outputs."""
     params = merge(micro_params(), {"ddpm": {"nproc_per_node": 2}, "drift": {"nproc_per_node": 2}})
     repo = make_repo(tmp_path, params)
     run = sh(repo, "dvc", "repro", "train_ddpm", "train_drift")
-    assert "--nproc_per_node 2" in run.stdout
+    assert "--nproc-per-node 2" in run.stdout
     for kind in ("ddpm", "drift"):
         metrics = read(repo, f"metrics/train_{kind}.json")
         assert metrics["world_size"] == 2 and metrics["steps"] == params[kind]["steps"]

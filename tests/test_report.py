@@ -32,6 +32,9 @@ def fake_metrics(tmp_path):
                                                     "ratio": 50.0}}}},
         "train_ddpm": {"steps": 10, "batch_size": 4, "train_seconds": 3.0, "images_per_s": 13.0},
         "train_drift": {"steps": 7, "batch_size": 4, "train_seconds": 2.0, "images_per_s": 14.0, "encoder": "mae"},
+        # The samples were drawn with fewer DDIM steps than the benchmark timed.
+        "sample_ddpm": {"nfe": 20, "num_samples": 100},
+        "sample_drift": {"nfe": 1, "num_samples": 100},
     }
     for name, obj in files.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(obj))
@@ -43,6 +46,8 @@ def test_tables_carry_the_metrics_and_their_intervals(tmp_path):
     assert "| drifting (mae features) | 1 | 7 | 9.25 [8.25, 10.75] | 4e-05 [-1e-05, 9e-05] |" in text
     assert "| real (held-out) | - | - | 0.20 [-0.80, 1.70] |" in text
     assert "| 0.991 [0.985, 0.996] |" in text  # recognisability of held-out real images
+    assert "| DDPM (DDIM) | 20 | 10 |" in text  # the samples' NFE, not benchmark.ddim_steps
+    assert "DDIM-50 images/s" in text  # the speed table keeps the benchmark's
     assert "| 8 | 400.0 (compile) | 8.00 (eager_fp32) | 50x |" in text
     assert "99.1%" in text
 

@@ -21,12 +21,29 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .ddpm import validate_ddim_steps
+from .rules import choice, positive, require
+
 Sampler = Callable[[nn.Module, Tensor], Tensor]  # (model, x_T [B,3,H,W]) -> x_0 [B,3,H,W]
 
 MODES = ("eager_fp32", "eager_bf16", "compile", "compile_max_autotune", "cuda_graphs")
 COMPILED_MODES = {"compile": "default", "compile_max_autotune": "max-autotune", "cuda_graphs": "reduce-overhead"}
 ROW_KEYS = ("model", "mode", "batch_size", "status", "reason", "latency_ms_median", "latency_ms_min",
             "images_per_s", "compile_s", "nfe")
+
+
+def validate(bench) -> None:
+    """The `benchmark` section (a config.BenchmarkConfig)."""
+    for i, mode in enumerate(bench.modes):
+        choice(mode, MODES, f"benchmark.modes[{i}]")
+    for i, batch in enumerate(bench.batch_sizes):
+        positive(batch, f"benchmark.batch_sizes[{i}]")
+    validate_ddim_steps(bench.ddim_steps, "benchmark.ddim_steps")
+    positive(bench.repeats, "benchmark.repeats")
+    # The first call is always a warm-up (in compiled modes it compiles, and is reported as compile_s), so the
+    # count includes it: there is no measurement without one.
+    require(bench.warmup >= 1, "benchmark.warmup",
+            f"must be >= 1, got {bench.warmup}: it counts the first, untimed call (the compile in compiled modes)")
 
 
 def one_step_sampler(t_fixed: int) -> Sampler:

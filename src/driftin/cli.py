@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from collections.abc import Callable
 
 from .config import ConfigError
@@ -14,8 +13,8 @@ from .trainer import TrainingDiverged, TrainingInterrupted
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DeviceUnavailable, TrainingDiverged, FileNotFoundError)
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+def parser(description: str, **kwargs) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, **kwargs)
     p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     return p
 
@@ -28,7 +27,9 @@ def run(main: Callable[[], None]) -> None:
         print(f"\n{e}", file=sys.stderr)
         sys.exit(130)
     except USER_ERRORS as e:
-        print("\nerror: " + textwrap.fill(str(e), width=110, subsequent_indent="  "), file=sys.stderr)
+        # One unwrapped line: the terminal soft-wraps it, so every path, key and command in it stays whole and
+        # can be copied (a hard wrap split paths at their hyphens and commands at their spaces).
+        print(f"\nerror: {e}", file=sys.stderr)
         sys.exit(1)
     finally:
         shutdown_distributed()

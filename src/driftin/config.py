@@ -1,7 +1,8 @@
 """params.yaml -> typed, validated config objects.
 
 Every default lives in params.yaml; these dataclasses have none, so a missing or misspelt key is an error that
-names the key (with a suggestion) before any work starts.
+names the key (with a suggestion) before any work starts. This module loads and types; each section's rules
+(valid choices, ranges, cross-checks) live in the module that owns them, and `validate` dispatches to those.
 """
 from __future__ import annotations
 
@@ -16,18 +17,7 @@ from typing import Any
 import yaml
 
 from .evaluator import EvaluatorParams
-from .unet import UNET_PRESETS
-from .unet import _validate as check_unet_size
-
-DATASETS = ("shapes", "cifar10", "folder")
-ENCODER_NAMES = ("mae", "pixel", "resnet18", "dinov2")
-UNET_PRESET_NAMES = ("base", "small", "tiny")
-BENCH_MODES = ("eager_fp32", "eager_bf16", "compile", "compile_max_autotune", "cuda_graphs")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-class ConfigError(ValueError):
-    """A params.yaml value is missing, misspelt or impossible; the message names the key."""
+from .rules import ConfigError  # noqa: F401 - re-exported: stages and callers catch config.ConfigError
 
 
 @dataclass(frozen=True)
@@ -219,113 +209,28 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp} for {key}")
 
 
-def _require(ok: bool, key: str, msg: str) -> None:
-    if not ok:
-        raise ConfigError(f"params.yaml: '{key}' {msg}")
-
-
-def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"params.yaml: '{key}' is '{value}', which is not one of: {', '.join(choices)}.{hint}")
-
-
-def _positive(value: float, key: str) -> None:
-    _require(value > 0, key, f"must be positive, got {value}")
-
-
-def _validate_train(cfg: TrainConfig, section: str) -> None:
-    for name in ("steps", "batch_size", "lr", "checkpoint_every", "nproc_per_node"):
-        _positive(getattr(cfg, name), f"{section}.{name}")
-    _require(cfg.warmup >= 0, f"{section}.warmup", f"must be >= 0, got {cfg.warmup}")
-    _require(cfg.grad_clip > 0, f"{section}.grad_clip", f"must be positive, got {cfg.grad_clip}")
-    _require(0 <= cfg.ema < 1, f"{section}.ema", f"must be in [0, 1), got {cfg.ema}")
-    _require(
-        cfg.batch_size % cfg.nproc_per_node == 0,
-        f"{section}.batch_size",
-        f"({cfg.batch_size}) must be divisible by {section}.nproc_per_node ({cfg.nproc_per_node}): "
-        "every rank takes an equal share of the global batch.",
-    )
-
-
 def validate(p: Params) -> None:
-    """Cross-field checks; everything that can be known before work starts."""
-    _choice(p.encoder, ENCODER_NAMES, "encoder")
-    _choice(p.device, DEVICES, "device")
-    _require(p.seed >= 0, "seed", f"must be >= 0, got {p.seed}")
+    """Hand each section to the module that owns its rules; each raises ConfigError naming the key.
 
-    d = p.data
-    _choice(d.dataset, DATASETS, "data.dataset")
-    _positive(d.image_size, "data.image_size")
-    _require(d.image_size % 8 == 0, "data.image_size", f"must be a multiple of 8 (the UNet halves it), got {d.image_size}")
-    if d.train_samples is not None:
-        _positive(d.train_samples, "data.train_samples")
-    _require(
-        d.dataset != "shapes" or d.train_samples is not None,
-        "data.train_samples",
-        "must be set for the procedural 'shapes' dataset (how many images to render)",
-    )
-    _positive(d.test_samples, "data.test_samples")
+    Imported here rather than at the top: several owners import this module's types (an import cycle otherwise).
+    """
+    from . import (benchmark, datasets, ddpm, drift, encoders, evaluator, feature_cache, fidelity, mae, render,
+                   runtime, trainer, unet)
 
-    _choice(p.unet.preset, UNET_PRESET_NAMES, "unet.preset")
-    try:  # the preset must be able to halve the image and meet its attention resolutions
-        check_unet_size(UNET_PRESETS[p.unet.preset], d.image_size)
-    except ValueError as e:
-        raise ConfigError(f"params.yaml: 'data.image_size' ({d.image_size}) does not fit unet.preset "
-                          f"'{p.unet.preset}': {e}") from None
-    _require(0 <= p.unet.dropout < 1, "unet.dropout", f"must be in [0, 1), got {p.unet.dropout}")
-
-    _validate_train(p.ddpm, "ddpm")
-    _validate_train(p.drift, "drift")
-    _positive(p.drift.positives, "drift.positives")
-    _require(
-        p.drift.positives % p.drift.nproc_per_node == 0,
-        "drift.positives",
-        f"({p.drift.positives}) must be divisible by drift.nproc_per_node ({p.drift.nproc_per_node})",
-    )
-    _require(p.drift.batch_size >= 2, "drift.batch_size", "must be >= 2: each sample is a negative for the others")
-    for i, tau in enumerate(p.drift.temperatures):
-        _positive(tau, f"drift.temperatures[{i}]")
-    _require(p.drift.affinity_floor >= 0, "drift.affinity_floor", "must be >= 0")
-
-    e = p.encoders
-    _positive(e.cache_images, "encoders.cache_images")
-    _require(
-        e.cache_images >= p.drift.positives // 2,
-        "encoders.cache_images",
-        f"({e.cache_images}) is too small to draw drift.positives ({p.drift.positives}) per step "
-        "(the cache holds each image and its flip)",
-    )
-    for name in ("steps", "batch_size", "lr", "patch_size"):
-        _positive(getattr(e.mae, name), f"encoders.mae.{name}")
-    _require(0 < e.mae.mask_ratio < 1, "encoders.mae.mask_ratio", "must be in (0, 1)")
-    _require(d.image_size % e.mae.patch_size == 0, "encoders.mae.patch_size", "must divide data.image_size")
-    _require(e.dinov2.resize % 14 == 0, "encoders.dinov2.resize", "must be a multiple of the ViT patch size 14")
-
-    ev = p.evaluate
-    for name in ("num_samples", "ddim_steps", "reference_samples", "batch_size", "bootstrap"):
-        _positive(getattr(ev, name), f"evaluate.{name}")
-    _require(ev.ddim_steps <= 1000, "evaluate.ddim_steps", "must be <= 1000 (the DDPM training steps T)")
-    _require(ev.num_samples >= 2 and ev.reference_samples >= 2, "evaluate.num_samples",
-             "and evaluate.reference_samples must be >= 2 (covariances)")
-    try:
+    runtime.validate(seed=p.seed, device=p.device)
+    encoders.validate(p.encoder, p.encoders)
+    datasets.validate(p.data)
+    unet.validate(p.unet, p.data.image_size)
+    for section in ("ddpm", "drift"):
+        trainer.validate(getattr(p, section), section)
+    drift.validate(p.drift)
+    feature_cache.validate(p.encoders.cache_images, p.drift.positives)
+    mae.validate(p.encoders.mae, p.data.image_size)
+    fidelity.validate(p.evaluate, p.data.test_samples)
+    ddpm.validate_ddim_steps(p.evaluate.ddim_steps, "evaluate.ddim_steps")
+    try:  # the evaluator section checks itself (EvaluatorParams.check)
         p.evaluator.check()
     except ValueError as e:
         raise ConfigError(str(e)) from None
-
-    b = p.benchmark
-    for i, m in enumerate(b.modes):
-        _choice(m, BENCH_MODES, f"benchmark.modes[{i}]")
-    for i, bs in enumerate(b.batch_sizes):
-        _positive(bs, f"benchmark.batch_sizes[{i}]")
-    for name in ("ddim_steps", "repeats"):
-        _positive(getattr(b, name), f"benchmark.{name}")
-    _require(b.ddim_steps <= 1000, "benchmark.ddim_steps", "must be <= 1000 (the DDPM training steps T)")
-    _require(b.warmup >= 0, "benchmark.warmup", "must be >= 0")
-    _positive(p.render.grid_samples, "render.grid_samples")
-    _require(
-        p.render.grid_samples <= ev.num_samples,
-        "render.grid_samples",
-        f"must not exceed evaluate.num_samples ({ev.num_samples}): grids reuse the FID samples",
-    )
+    benchmark.validate(p.benchmark)
+    render.validate(p.render, p.evaluate.num_samples)

@@ -14,6 +14,7 @@ import torchvision
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.datasets.utils import download_and_extract_archive
 
+from driftin.rules import choice, positive, require
 from driftin.shapes import SHAPE_CLASSES, render_shapes
 
 DATASET_NAMES = ("shapes", "cifar10", "folder")
@@ -120,16 +121,28 @@ def _image_paths(root: Path) -> list[Path]:
     )
 
 
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit greyscale (mode I;16*, or I, in which Pillow < 12 opens 16-bit PNGs) -> 8-bit L by its high byte.
+
+    Pillow's convert("RGB") clips these at 255 instead of scaling, which turns almost every pixel white.
+    """
+    if not im.mode.startswith("I"):
+        return im
+    depth = np.clip(np.asarray(im).astype(np.int64), 0, 2**16 - 1)  # (H, W)
+    return Image.fromarray((depth >> 8).astype(np.uint8), mode="L")
+
+
 def _read_image(path: Path, image_size: int) -> np.ndarray:
     """One image -> uint8 [S, S, 3]: shorter side resized to S (bicubic), centre-cropped, RGB."""
     try:
         with Image.open(path) as im:
             im.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale >= S, much faster
-            im = ImageOps.exif_transpose(im).convert("RGB")
+            im = _to_8bit(ImageOps.exif_transpose(im)).convert("RGB")
             im = ImageOps.fit(im, (image_size, image_size), method=Image.Resampling.BICUBIC)
             return np.asarray(im)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+    except (UnidentifiedImageError, OSError) as e:  # not an image despite its suffix, or truncated/corrupt
+        raise DatasetUnavailable(f"cannot read image {path.absolute()} ({e}): replace it with a valid "
+                                 f"{', '.join(IMAGE_SUFFIXES)} image or remove it from the folder") from e
 
 
 def load_folder(
@@ -152,7 +165,7 @@ def load_folder(
         )
     top = [p for p in paths if p.parent == root]
     if top and len(top) < len(paths):
-        raise ValueError(
+        raise DatasetUnavailable(
             f"image folder {root} mixes images at its top level (e.g. {top[0].name}) with images in "
             "subfolders; put all images in class subfolders, or none"
         )
@@ -167,6 +180,30 @@ def load_folder(
     chosen = (order[:n_test] if split == "test" else order[n_test:])[:num_samples]
     images = np.stack([_read_image(paths[i], image_size) for i in chosen])
     return Dataset(images, labels[chosen], class_names)
+
+
+def validate(data) -> None:
+    """The `data` section (a config.DataConfig)."""
+    choice(data.dataset, DATASET_NAMES, "data.dataset")
+    positive(data.image_size, "data.image_size")
+    if data.train_samples is not None:
+        positive(data.train_samples, "data.train_samples")
+    require(data.dataset != "shapes" or data.train_samples is not None, "data.train_samples",
+            "must be set for the procedural 'shapes' dataset (how many images to render)")
+    positive(data.test_samples, "data.test_samples")
+
+
+def require_images(count: int, needed: int, *, split: str, dataset: str, root: str, why: str) -> None:
+    """Fail before any training when a prepared split is too small for the stages downstream."""
+    if count >= needed:
+        return
+    if dataset == "folder":
+        where = (f"image folder {Path(root).absolute()} (data.root) gives its {split} split {count} images (the test split "
+                 f"is {FOLDER_TEST_FRACTION:.0%} of the folder, at least 1)")
+        fix = f"add images to the folder, or raise data.{split}_samples if it caps the split"
+    else:
+        where, fix = f"the {dataset} {split} split has {count} images", f"raise data.{split}_samples"
+    raise DatasetUnavailable(f"{where}, but {needed} or more are needed: {why}. To fix it, {fix}.")
 
 
 def load_dataset(

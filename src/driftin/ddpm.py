@@ -11,10 +11,13 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .rules import positive, require
+
 EpsModel = Callable[[Tensor, Tensor], Tensor]
+T_TRAIN = 1000  # diffusion steps T the model is trained on; DDIM samples with a strided subset of them
 
 
-def linear_betas(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+def linear_betas(T: int = T_TRAIN, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     """DDPM's linear variance schedule beta_1..beta_T, float64 [T]."""
     return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
 
@@ -42,7 +45,7 @@ def ddpm_loss(eps_model: EpsModel, x0: Tensor, t: Tensor, noise: Tensor, alpha_b
     return (eps_hat - noise.float()).square().flatten(1).mean(dim=1)  # (B,)
 
 
-def ddim_timesteps(num_steps: int, T: int = 1000) -> Tensor:
+def ddim_timesteps(num_steps: int, T: int = T_TRAIN) -> Tensor:
     """Descending DDIM timesteps i * (T // num_steps), i = num_steps-1..0; for 50 of 1000: 980, 960, ..., 0.
 
     When T is not divisible by num_steps the stride is floored (diffusers' "leading" spacing), so the first
@@ -51,6 +54,12 @@ def ddim_timesteps(num_steps: int, T: int = 1000) -> Tensor:
     if not 1 <= num_steps <= T:
         raise ValueError(f"num_steps must be in [1, {T}], got {num_steps}")
     return torch.arange(num_steps - 1, -1, -1, dtype=torch.long) * (T // num_steps)  # (num_steps,)
+
+
+def validate_ddim_steps(num_steps: int, key: str) -> None:
+    """A params key that sets the number of DDIM steps (evaluate.ddim_steps, benchmark.ddim_steps)."""
+    positive(num_steps, key)
+    require(num_steps <= T_TRAIN, key, f"must be <= {T_TRAIN} (the DDPM training steps T)")
 
 
 @torch.no_grad()

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .rules import positive, require
+
 ProcessGroup = dist.ProcessGroup
 
 # Elements of one affinity chunk [l, n_tau, N, T]: the chunk's few temporaries (~4 MB each) stay in cache, and
@@ -329,3 +331,14 @@ def drift_loss(gen_feats: Mapping[str, Tensor], pos_feats: Mapping[str, Tensor],
             stats[key] = sum(row) / len(row)
         stats.update({f"{key}/{n}": v for n, v in zip(p.names, row)})
     return losses.sum(), stats
+
+
+def validate(cfg) -> None:
+    """The `drift` section's kernel keys (a config.DriftConfig; trainer.validate checks the optimisation keys)."""
+    positive(cfg.positives, "drift.positives")
+    require(cfg.positives % cfg.nproc_per_node == 0, "drift.positives",
+            f"({cfg.positives}) must be divisible by drift.nproc_per_node ({cfg.nproc_per_node})")
+    require(cfg.batch_size >= 2, "drift.batch_size", "must be >= 2: each sample is a negative for the others")
+    for i, tau in enumerate(cfg.temperatures):
+        positive(tau, f"drift.temperatures[{i}]")
+    require(cfg.affinity_floor >= 0, "drift.affinity_floor", "must be >= 0")

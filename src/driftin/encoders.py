@@ -18,6 +18,7 @@ from torch import nn
 
 from .downloads import env_true, host_reachable
 from .mae import mae_encoder_from_state
+from .rules import choice, require
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -228,6 +229,12 @@ ENCODERS: dict[str, Callable[..., FrozenEncoder]] = {
 
 def available_encoders() -> tuple[str, ...]:
     return tuple(ENCODERS)
+
+
+def validate(encoder: str, encoders) -> None:
+    """The top-level `encoder` key and the pretrained encoders' keys of `encoders` (a config.EncodersConfig)."""
+    choice(encoder, available_encoders(), "encoder")
+    require(encoders.dinov2.resize % 14 == 0, "encoders.dinov2.resize", "must be a multiple of the ViT patch size 14")
 
 
 def build_encoder(name: str, *, image_size: int, weights: str | None = None,

@@ -11,6 +11,15 @@ from torch import nn
 from .config import Params
 from .features import feature_groups
 from .generators import to_float
+from .rules import positive, require
+
+
+def validate(cache_images: int, positives: int) -> None:
+    """`encoders.cache_images` against the `drift.positives` drawn from the cache each step."""
+    positive(cache_images, "encoders.cache_images")
+    require(cache_images >= positives // 2, "encoders.cache_images",
+            f"({cache_images}) is too small to draw drift.positives ({positives}) per step "
+            "(the cache holds each image and its flip)")
 
 
 def encoder_kwargs(params: Params, mae_state: dict | None) -> dict:

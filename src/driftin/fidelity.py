@@ -37,6 +37,7 @@ from torch_fidelity.utils import create_feature_extractor
 from driftin.downloads import host_reachable
 from driftin.evaluator import load_evaluator
 from driftin.files import file_digest, save_npz
+from driftin.rules import positive, require
 from driftin.scores import fid, kernel_sums, kid, reference_stats
 
 EVALUATOR_EXTRACTOR = "driftin-evaluator"
@@ -44,6 +45,10 @@ INCEPTION_EXTRACTOR = "inception-v3-compat"
 # Basename of torch-fidelity's download URL, i.e. the file torch.hub would cache under <hub>/checkpoints/.
 INCEPTION_WEIGHTS_FILE = URL_INCEPTION_V3.rsplit("/", 1)[-1]
 INCEPTION_PARAMS_KEY = "evaluate.inception_weights"
+# k of the k-NN precision/recall (Kynkaanniemi et al.): each sample's radius is its distance to the k-th nearest
+# other sample of its set, so every set of images compared needs at least k + 1 of them.
+PRC_NEIGHBORHOOD = 3
+MIN_SAMPLES = PRC_NEIGHBORHOOD + 1
 _EXTRACTORS = {"inception": (INCEPTION_EXTRACTOR, "2048"), "evaluator": (EVALUATOR_EXTRACTOR, "features")}
 
 
@@ -133,6 +138,24 @@ def extractor_id(extractor: str, weights_path: str | None) -> str:
     return f"{_EXTRACTORS[extractor][0]}:{file_digest(resolve_weights(extractor, weights_path))[:16]}"
 
 
+def validate(evaluate, test_samples: int) -> None:
+    """The `evaluate` section's set sizes (a config.EvaluateConfig), with data.test_samples: the fid stage compares
+    evaluate.num_samples generated images, the first evaluate.num_samples held-out ones and
+    evaluate.reference_samples training images."""
+    for name in ("num_samples", "reference_samples", "batch_size", "bootstrap"):
+        positive(getattr(evaluate, name), f"evaluate.{name}")
+    why = f"precision/recall measure each image's distance to its {PRC_NEIGHBORHOOD} nearest neighbours in its set"
+    for key, n in (("evaluate.num_samples", evaluate.num_samples), ("data.test_samples", test_samples),
+                   ("evaluate.reference_samples", evaluate.reference_samples)):
+        require(n >= MIN_SAMPLES, key, f"must be at least {MIN_SAMPLES}, got {n}: {why}")
+
+
+def images_needed() -> tuple[int, str]:
+    """Fewest images of a prepared split the fid stage can use, and why."""
+    return MIN_SAMPLES, f"the fid stage compares sets of at least {MIN_SAMPLES} images ({PRC_NEIGHBORHOOD}-NN " \
+                        "precision/recall)"
+
+
 def _check_images(images: np.ndarray, what: str) -> None:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{what} must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
@@ -164,7 +187,8 @@ def load_reference_features(path: str, *, extractor: str, weights_path: str | No
     return feats
 
 
-def precision_recall(phi_gen: np.ndarray, phi_ref: np.ndarray, prc_neighborhood: int = 3) -> dict[str, float]:
+def precision_recall(phi_gen: np.ndarray, phi_ref: np.ndarray,
+                     prc_neighborhood: int = PRC_NEIGHBORHOOD) -> dict[str, float]:
     """Precision and recall (Kynkaanniemi et al.) of features [N, D] (generated) against [M, D] (reference)."""
     n, m = len(phi_gen), len(phi_ref)
     if phi_gen.ndim != 2 or phi_ref.ndim != 2 or phi_gen.shape[1] != phi_ref.shape[1]:
@@ -179,7 +203,8 @@ def precision_recall(phi_gen: np.ndarray, phi_ref: np.ndarray, prc_neighborhood:
     return {"precision": prc[KEY_METRIC_PRECISION], "recall": prc[KEY_METRIC_RECALL]}
 
 
-def fidelity_from_features(phi_gen: np.ndarray, phi_ref: np.ndarray, *, prc_neighborhood: int = 3) -> dict[str, float]:
+def fidelity_from_features(phi_gen: np.ndarray, phi_ref: np.ndarray, *,
+                           prc_neighborhood: int = PRC_NEIGHBORHOOD) -> dict[str, float]:
     """FID, KID and precision/recall from features [N, D] (generated) and [M, D] (reference); no intervals (for
     those, `driftin.scores.scores_with_intervals`)."""
     pr = precision_recall(phi_gen, phi_ref, prc_neighborhood)
@@ -188,7 +213,7 @@ def fidelity_from_features(phi_gen: np.ndarray, phi_ref: np.ndarray, *, prc_neig
 
 
 def compute_fidelity(generated: np.ndarray, reference: np.ndarray, *, extractor: str, weights_path: str | None,
-                     prc_neighborhood: int = 3, batch_size: int, device: str,
+                     prc_neighborhood: int = PRC_NEIGHBORHOOD, batch_size: int, device: str,
                      cache_dir: str | None = None, cache_key: str = "reference") -> dict[str, float]:
     """Metrics of uint8 [N, H, W, 3] generated images against a reference set.
 

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .rules import positive, require
+
 # GroupNorm, not BatchNorm: a sample's features must not depend on the rest of its batch (generated vs cached
 # real batches differ). The group count is an architecture constant so a state dict fully determines the net.
 GN_GROUPS = 8
@@ -142,6 +144,14 @@ def _lr_factor(step: int, steps: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def validate(mae, image_size: int) -> None:
+    """The `encoders.mae` section (a config.MAEParams) against data.image_size."""
+    for name in ("steps", "batch_size", "lr", "patch_size"):
+        positive(getattr(mae, name), f"encoders.mae.{name}")
+    require(0 < mae.mask_ratio < 1, "encoders.mae.mask_ratio", "must be in (0, 1)")
+    require(image_size % mae.patch_size == 0, "encoders.mae.patch_size", "must divide data.image_size")
 
 
 def pretrain_mae(images: np.ndarray, *, steps: int, batch_size: int, lr: float, mask_ratio: float,

@@ -23,10 +23,18 @@ import pandas as pd  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from driftin.files import atomic_path  # noqa: E402
+from driftin.rules import positive, require  # noqa: E402
 
 GIF_TICK_MS = 10  # GIF delays are stored in centiseconds
 GIF_MIN_FRAME_MS = 20  # browsers replace shorter delays by 100 ms, which would distort the pacing
 BG, FG, MUTED = (255, 255, 255), (20, 20, 20), (110, 110, 110)
+
+
+def validate(render, num_samples: int) -> None:
+    """The `render` section (a config.RenderConfig) against evaluate.num_samples."""
+    positive(render.grid_samples, "render.grid_samples")
+    require(render.grid_samples <= num_samples, "render.grid_samples",
+            f"must not exceed evaluate.num_samples ({num_samples}): grids reuse the FID samples")
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

@@ -29,7 +29,8 @@ def _interval(m: dict, key: str, decimals: int) -> str:
 def results_markdown(metrics: Path = Path("metrics")) -> str:
     fid, bench = _load(metrics, "fid"), _load(metrics, "benchmark")
     train = {k: _load(metrics, f"train_{k}") for k in ("ddpm", "drift")}
-    steps = bench["ddim_steps"]
+    nfe = {k: _load(metrics, f"sample_{k}")["nfe"] for k in ("ddpm", "drift")}  # what the FID samples used
+    steps = bench["ddim_steps"]  # what the speed rows used
     accuracy = f" (held-out accuracy {fid['evaluator_accuracy']:.1%})" if "evaluator_accuracy" in fid else ""
     space = "Inception-v3" if fid["extractor"] == "inception" else f"the trained evaluator's features{accuracy}"
     batches = sorted(bench["by_batch"], key=lambda b: int(b[2:]))
@@ -47,8 +48,9 @@ def results_markdown(metrics: Path = Path("metrics")) -> str:
     if recognisable:
         header += " class entropy | confidence | recognisability |"
     lines += ["", header, "|---" * (header.count("|") - 1) + "|"]
-    rows = [("DDPM (DDIM)", fid["ddpm"], steps, train["ddpm"]["steps"]),
-            (f"drifting ({train['drift'].get('encoder', '?')} features)", fid["drift"], 1, train["drift"]["steps"]),
+    rows = [("DDPM (DDIM)", fid["ddpm"], nfe["ddpm"], train["ddpm"]["steps"]),
+            (f"drifting ({train['drift'].get('encoder', '?')} features)", fid["drift"], nfe["drift"],
+             train["drift"]["steps"]),
             ("real (held-out)", fid["real_test"], "-", "-"), ("uniform noise", fid["noise"], "-", "-")]
     for name, m, nfe, st in rows:
         row = (f"| {name} | {nfe} | {st} | {_interval(m, 'fid', 2)} | {_interval(m, 'kid', 3)} | "

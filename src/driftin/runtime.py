@@ -9,9 +9,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .rules import choice, require
+
+DEVICES = ("auto", "cpu", "cuda")
+
 
 class DeviceUnavailable(RuntimeError):
     """The params ask for hardware this machine does not have."""
+
+
+def validate(*, seed: int, device: str) -> None:
+    """The top-level `seed` and `device` keys."""
+    choice(device, DEVICES, "device")
+    require(seed >= 0, "seed", f"must be >= 0, got {seed}")
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .config import TrainConfig
 from .files import file_digest, torch_save
+from .rules import positive, require
 from .runtime import DistInfo
 
 # loss_fn(model, generator) -> (scalar loss, {name: float}) for one optimisation step on this rank's share.
@@ -48,6 +49,18 @@ class TrainResult:
     train_seconds: float
     resumed_from: int
     images_per_s: float = field(default=0.0)
+
+
+def validate(cfg: TrainConfig, section: str) -> None:
+    """The optimisation keys shared by the `ddpm` and `drift` sections."""
+    for name in ("steps", "batch_size", "lr", "checkpoint_every", "nproc_per_node"):
+        positive(getattr(cfg, name), f"{section}.{name}")
+    require(cfg.warmup >= 0, f"{section}.warmup", f"must be >= 0, got {cfg.warmup}")
+    require(cfg.grad_clip > 0, f"{section}.grad_clip", f"must be positive, got {cfg.grad_clip}")
+    require(0 <= cfg.ema < 1, f"{section}.ema", f"must be in [0, 1), got {cfg.ema}")
+    require(cfg.batch_size % cfg.nproc_per_node == 0, f"{section}.batch_size",
+            f"({cfg.batch_size}) must be divisible by {section}.nproc_per_node ({cfg.nproc_per_node}): "
+            "every rank takes an equal share of the global batch.")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

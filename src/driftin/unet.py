@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .rules import ConfigError, choice, require
+
 IMAGE_CHANNELS = 3
 
 
@@ -201,6 +203,18 @@ def _validate(config: UNetConfig, image_size: int) -> None:
         )
     if config.ch % config.norm_groups:  # every width, skip concatenations included, is a multiple of ch
         raise ValueError(f"ch {config.ch} not divisible by norm_groups {config.norm_groups}")
+
+
+def validate(unet, image_size: int) -> None:
+    """The `unet` section (a config.UNetParams) against data.image_size."""
+    require(image_size % 8 == 0, "data.image_size", f"must be a multiple of 8 (the UNet halves it), got {image_size}")
+    choice(unet.preset, tuple(UNET_PRESETS), "unet.preset")
+    try:  # the preset must be able to halve the image and meet its attention resolutions
+        _validate(UNET_PRESETS[unet.preset], image_size)
+    except ValueError as e:
+        raise ConfigError(f"params.yaml: 'data.image_size' ({image_size}) does not fit unet.preset "
+                          f"'{unet.preset}': {e}") from None
+    require(0 <= unet.dropout < 1, "unet.dropout", f"must be in [0, 1), got {unet.dropout}")
 
 
 def build_unet(preset: str, image_size: int, **overrides: object) -> UNet:
