@@ -2,6 +2,7 @@
 import copy
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,19 @@ def toy_images(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarra
     mask = masks[labels, np.arange(n)][..., None]  # (n, s, s, 1)
     fg, bg = rng.uniform(128, 255, (n, 1, 1, 3)), rng.uniform(0, 96, (n, 1, 1, 3))  # light shape, dark ground
     return np.where(mask, fg, bg).astype(np.uint8), labels.astype(np.int64)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """Empty caches under tmp_path and no network, whatever the machine running the tests has."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    return tmp_path

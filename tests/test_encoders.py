@@ -1,4 +1,3 @@
-import socket
 from pathlib import Path
 import time
 
@@ -17,22 +16,6 @@ SMALL_VIT = dict(depth=2, embed_dim=32, num_heads=2)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """Empty caches under tmp_path and no network, whatever the machine running the tests has."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-
-    def no_network(*args, **kwargs):
-        raise socket.gaierror(-2, "Name or service not known")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    return tmp_path
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Preflight: every missing file, device or disk problem of the chosen params is listed at once, before any work."""
 import shutil
-import socket
 import subprocess
 import sys
 from collections import namedtuple
@@ -17,21 +16,6 @@ from driftin.config import load_params
 from driftin.mae import MAEConfig, MAEEncoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """Empty weight caches and no network."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-
-    def no_network(*args, **kwargs):
-        raise socket.gaierror(-2, "Name or service not known")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    return tmp_path
 
 
 def params_for(tmp_path, **over):
