@@ -5,6 +5,7 @@ import torch
 import torch._inductor.config
 from torch import nn
 
+from driftin import benchmark
 from driftin.benchmark import (ROW_KEYS, benchmark_matrix, count_nfe, device_info, fixed_noise, one_step_sampler,
                                summarize)
 
@@ -24,6 +25,13 @@ class TinyNet(nn.Module):
         if self.fail_under_autocast and torch.is_autocast_enabled("cpu"):
             raise RuntimeError("no bf16 here\nsecond line of the traceback message")
         return self.conv(x) + self.emb(t)[:, :, None, None]  # (B,3,H,W)
+
+
+
+@pytest.fixture(autouse=True)
+def native_bf16(monkeypatch):
+    """Exercise the eager_bf16 mode whatever this CPU's instruction set (the skip has its own test)."""
+    monkeypatch.setattr(benchmark, "cpu_has_native_bf16", lambda: True)
 
 
 def three_step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -129,3 +137,10 @@ def test_cuda_modes_run_on_gpu():
     rows = benchmark_matrix(TinyNet(), GENERATORS, make_noise=fixed_noise((3, 8, 8)), modes=["eager_fp32", "cuda_graphs"],
                             batch_sizes=[2], repeats=3, warmup=3, device=torch.device("cuda"), progress=False)
     assert all(r["status"] == "ok" for r in rows), rows
+
+
+def test_bf16_is_skipped_on_a_cpu_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(benchmark, "cpu_has_native_bf16", lambda: False)
+    reason = benchmark.mode_unavailable_reason("eager_bf16", torch.device("cpu"))
+    assert reason is not None and "no native bf16" in reason
+    assert benchmark.mode_unavailable_reason("eager_fp32", torch.device("cpu")) is None

@@ -4,6 +4,8 @@ from pathlib import Path
 
 from driftin.closure import code_digest, import_closure
 
+REPO = Path(__file__).resolve().parents[1]
+
 MODULES = {
     "__init__.py": '"""pkg"""\n',
     "a.py": "from .b import f\n",
@@ -52,3 +54,19 @@ def test_code_digest_changes_with_any_module_in_the_closure_only(tmp_path):
     assert code_digest(stage, pkg) == before
     stage.write_text("from driftin.a import f  # edited\n")
     assert code_digest(stage, pkg) != before
+
+
+def test_params_validators_do_not_join_the_closure(tmp_path):
+    """config.validate imports every section's owner to check params; those checks produce nothing, so they must
+    not make train_ddpm depend on, e.g., the benchmark or the render module (which would retrain on their edits)."""
+    stage = REPO / "stages" / "train_ddpm.py"
+    names = {p.name for p in import_closure(stage)}
+    assert "config.py" in names and "trainer.py" in names
+    assert not names & {"benchmark.py", "render.py", "fidelity.py"}, names
+    pkg = tmp_path / "driftin"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def validate(p):\n    from . import checks\n\ndef run():\n    from . import work\n")
+    (pkg / "checks.py").write_text("")
+    (pkg / "work.py").write_text("")
+    assert [p.name for p in import_closure(pkg / "a.py", pkg)] == ["__init__.py", "work.py"]

@@ -5,7 +5,11 @@ stage runs (else editing one leaves `dvc status` silent), and the training check
 that code changes (else a resumed run continues old weights under new code). Both use `import_closure`.
 
 Static (AST) rather than `sys.modules` after import: it needs no torch import, sees imports inside functions, and
-gives the same set on every machine and Python version.
+gives the same set on every machine and Python version. One kind of import is not code that makes a result: the
+owners of each params section that a `validate` function imports to check the params before any work
+(`config.validate` dispatches to every section's owner). Counting them made every stage depend on every module, so
+editing, say, the benchmark's mode list retrained both generators; a check cannot change an output, it can only
+refuse to start.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ def _imported_modules(path: Path, package_dir: Path) -> set[Path]:
     if inside and path.name != "__init__.py":
         here = here[:-1]
     found: set[Path] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in _nodes_outside_validators(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 # `import driftin.a.b` runs driftin/__init__, driftin.a and driftin.a.b.
@@ -64,6 +68,16 @@ def _imported_modules(path: Path, package_dir: Path) -> set[Path]:
             found.update(_module_file(f"{base}.{alias.name}", package_dir) for alias in node.names)
     found.discard(None)
     return found
+
+
+def _nodes_outside_validators(tree: ast.AST):
+    """Every node of `tree` except the bodies of functions named `validate` (params checks; see the docstring)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        todo.extend(child for child in ast.iter_child_nodes(node)
+                    if not (isinstance(child, ast.FunctionDef) and child.name == "validate"))
 
 
 def import_closure(script: str | Path, package_dir: Path = PACKAGE_DIR) -> list[Path]:
