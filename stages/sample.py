@@ -2,6 +2,8 @@
 from the same fixed noise, so both models are compared on identical inputs."""
 import time
 
+import torch
+
 from driftin import cli
 from driftin.benchmark import count_nfe
 from driftin.config import load_params
@@ -22,7 +24,13 @@ def main() -> None:
     device = resolve_device(params.device)
     model, record = load_generator(args.generator, device)
     kind, size = record["kind"], record["image_size"]
-    sample = sampler(kind, model, ev.ddim_steps)
+    # NHWC: oneDNN's convolutions ran DDIM-50 ~1.2x faster on 2 CPU cores (tensor cores want it on GPUs too).
+    model = model.to(memory_format=torch.channels_last)
+    sample_nchw = sampler(kind, model, ev.ddim_steps)
+
+    def sample(z: torch.Tensor) -> torch.Tensor:
+        return sample_nchw(z.contiguous(memory_format=torch.channels_last))
+
     t0 = time.perf_counter()
     images = generate(sample, ev.num_samples, image_size=size, seed=params.seed, batch_size=ev.batch_size,
                       device=device, desc=f"sample {kind}")

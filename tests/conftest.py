@@ -23,7 +23,7 @@ MICRO = {
     "unet": {"preset": "tiny"},
     "ddpm": {"steps": 6, "batch_size": 8, "warmup": 2, "checkpoint_every": 2},
     "drift": {"steps": 4, "batch_size": 8, "positives": 16, "warmup": 2, "checkpoint_every": 2},
-    "encoders": {"cache_images": 32, "mae": {"steps": 3, "batch_size": 16}},
+    "encoders": {"cache_images": 32, "mae": {"steps": 3, "batch_size": 16, "train_images": 64, "heldout_images": 16}},
     "evaluate": {"num_samples": 24, "ddim_steps": 5, "reference_samples": 100, "batch_size": 24, "bootstrap": 10},
     "evaluator": {"train_images": 300, "heldout_images": 100, "steps": 5, "batch_size": 16, "warmup": 2},
     "benchmark": {"modes": ["eager_fp32", "eager_bf16"], "batch_sizes": [1, 2], "ddim_steps": 5, "repeats": 1},

@@ -1,6 +1,8 @@
 """FID/KID/precision-recall through torch-fidelity with the evaluator extractor; Inception fail-fast path."""
 
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import torch_fidelity
 
 from driftin import fidelity
 from driftin.evaluator import images_to_tensor, load_evaluator, train_evaluator
-from conftest import evaluator_params, toy_images
+from conftest import REPO, evaluator_params, toy_images
 from driftin.fidelity import (
     INCEPTION_WEIGHTS_FILE,
     InceptionWeightsUnavailable,
@@ -88,6 +90,7 @@ def test_matches_torch_fidelity_calculate_metrics(weights, sets, scores):
             return self.x[i]
 
     real_a, real_b, _ = sets
+    fidelity.register_evaluator_extractor()
     m = torch_fidelity.calculate_metrics(
         input1=Uint8CHW(real_a), input2=Uint8CHW(real_b), fid=True, kid=True, prc=True, kid_subset_size=100,
         feature_extractor="driftin-evaluator", feature_extractor_weights_path=weights,
@@ -207,6 +210,20 @@ def test_unknown_extractor():
 def test_extractor_is_registered_with_torch_fidelity():
     assert torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY[fidelity.EVALUATOR_EXTRACTOR] is \
         fidelity.EvaluatorFeatureExtractor
+
+
+def test_inception_url_is_torch_fidelitys():
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    assert fidelity.URL_INCEPTION_V3 == URL_INCEPTION_V3
+
+
+def test_params_validation_imports_no_torch_fidelity_torchvision_or_matplotlib():
+    """Every stage validates params at start-up; those imports cost ~5 s and belong to the stages that use them."""
+    code = ("import sys; from driftin.config import load_params; load_params(); "
+            "print(sorted(m for m in ('torch_fidelity', 'torchvision', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_inception_is_downloaded_where_its_host_answers(monkeypatch, tmp_path):

@@ -29,29 +29,37 @@ def run(images, seed=0, steps=3, **kw):
 def test_same_seed_same_state_and_rng_untouched():
     images = smooth_images(32)
     rng_before = torch.get_rng_state()
-    state_a, losses_a = run(images)
+    state_a, losses_a, _ = run(images)
     assert torch.equal(torch.get_rng_state(), rng_before)
-    state_b, losses_b = run(images)
-    state_c, _ = run(images, seed=1)
+    state_b, losses_b, _ = run(images)
+    state_c, _, _ = run(images, seed=1)
     assert losses_a == losses_b
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     assert not all(torch.equal(state_a[k], state_c[k]) for k in state_a)
 
 
 def test_loss_decreases():
-    _, losses = run(smooth_images(64), steps=40, batch_size=16, lr=1e-2)
+    _, losses, _ = run(smooth_images(64), steps=40, batch_size=16, lr=1e-2)
     assert len(losses) == 40 and all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
 
 
 def test_state_loads_into_build_encoder():
-    state, _ = run(smooth_images(16), steps=1)
+    state, _, _ = run(smooth_images(16), steps=1)
     assert not any(k.startswith(("lateral", "head")) for k in state)  # encoder only, no decoder
     assert MAEConfig.from_state_dict(state) == MAEConfig(widths=(8, 16), blocks=1)
     encoder = build_encoder("mae", image_size=16, mae_state=state)
     maps = encoder(torch.zeros(2, 3, 16, 16))
     assert [tuple(m.shape) for m in maps] == [(2, 8, 16, 16), (2, 16, 8, 8)]
     assert all(torch.equal(p, state[k]) for k, p in encoder.net.state_dict().items())
+
+
+def test_heldout_reconstruction_is_scored_and_improves_with_training():
+    heldout = smooth_images(16, seed=9)
+    untrained = run(smooth_images(64), steps=1, heldout=heldout).heldout_loss
+    trained = run(smooth_images(64), steps=40, batch_size=16, lr=1e-2, heldout=heldout).heldout_loss
+    assert np.isfinite(untrained) and trained < 0.6 * untrained
+    assert run(smooth_images(64), steps=1).heldout_loss is None
 
 
 def test_default_architecture_maps_at_32px():

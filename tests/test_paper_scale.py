@@ -24,6 +24,9 @@ DRY_RUN = {
     "benchmark.modes": "[eager_fp32,eager_bf16,cuda_graphs]", "benchmark.batch_sizes": "[1,2]",
     "benchmark.ddim_steps": "2", "benchmark.repeats": "1", "render.grid_samples": "4",
     "data.verify_checksums": "false",
+    # The shipped mae encoder's stage re-runs at 32 px (its data.image_size dep); the preset uses dinov2/resnet18.
+    "encoders.mae.steps": "2", "encoders.mae.batch_size": "4", "encoders.mae.train_images": "16",
+    "encoders.mae.heldout_images": "8",
 }
 
 

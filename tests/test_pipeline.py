@@ -58,7 +58,7 @@ def test_finished_training_leaves_no_checkpoint(micro_repo):
 
 def test_every_artefact_loads_weights_only(micro_repo):
     for rel in ("data/models/ddpm.pt", "data/models/drift.pt", "data/features/encoder.pt", "data/features/real.pt",
-                "data/eval/evaluator.pt"):
+                "data/eval/evaluator.pt", "assets/encoder/mae.pt"):
         assert torch.load(micro_repo / rel, weights_only=True), rel
 
 

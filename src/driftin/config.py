@@ -66,6 +66,9 @@ class DriftConfig(TrainConfig):
 
 @dataclass(frozen=True)
 class MAEParams:
+    seed: int
+    train_images: int
+    heldout_images: int
     steps: int
     batch_size: int
     lr: float

@@ -5,14 +5,13 @@ deterministic in its arguments, and fails fast with a message that says how to s
 """
 from __future__ import annotations
 
+import functools
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torchvision
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.datasets.utils import download_and_extract_archive
 
 from driftin.rules import choice, positive, require
 from driftin.shapes import SHAPE_CLASSES, render_shapes
@@ -44,26 +43,42 @@ class Dataset:
             raise ValueError(f"labels must be int64 [{n}], got {self.labels.dtype} {self.labels.shape}")
 
 
-class CIFAR10(torchvision.datasets.CIFAR10):
-    """torchvision's CIFAR-10 loader with a switch for its per-file md5 checks.
+@functools.cache
+def cifar10_class() -> type:
+    """torchvision's CIFAR-10 dataset class with a checksum switch, built on first use: importing torchvision costs
+    ~4 s (it loads every model definition), which every stage paid at start-up when only cifar10 needs it."""
+    import torchvision
 
-    torchvision checks every batch file against the official md5 on each load. That guards real data, but no
-    small test folder can match those checksums, so `verify_checksums=False` checks only that the files exist.
-    Parsing is torchvision's own code either way; the checks stay on by default (params `data.verify_checksums`),
-    and a download always verifies the archive's md5.
-    """
+    class CIFAR10(torchvision.datasets.CIFAR10):
+        """torchvision's CIFAR-10 loader with a switch for its per-file md5 checks.
 
-    def __init__(self, root: str | Path, *, train: bool, verify_checksums: bool = True) -> None:
-        if not verify_checksums:
-            # torchvision's check_integrity(path, md5=None) only tests that the file exists; these instance
-            # attributes shadow the class-level (name, md5) lists that torchvision reads.
-            self.train_list = [[name, None] for name, _ in type(self).train_list]
-            self.test_list = [[name, None] for name, _ in type(self).test_list]
-            self.meta = {**type(self).meta, "md5": None}
-        super().__init__(root, train=train, download=False)
+        torchvision checks every batch file against the official md5 on each load. That guards real data, but
+        no small test folder can match those checksums, so `verify_checksums=False` checks only that the files
+        exist. Parsing is torchvision's own code either way; the checks stay on by default (params
+        `data.verify_checksums`), and a download always verifies the archive's md5.
+        """
+
+        def __init__(self, root: str | Path, *, train: bool, verify_checksums: bool = True) -> None:
+            if not verify_checksums:
+                # torchvision's check_integrity(path, md5=None) only tests that the file exists; these instance
+                # attributes shadow the class-level (name, md5) lists that torchvision reads.
+                self.train_list = [[name, None] for name, _ in type(self).train_list]
+                self.test_list = [[name, None] for name, _ in type(self).test_list]
+                self.meta = {**type(self).meta, "md5": None}
+            super().__init__(root, train=train, download=False)
+
+    return CIFAR10
+
+
+def __getattr__(name: str):
+    """`datasets.CIFAR10` stays available (PEP 562), built on first access."""
+    if name == "CIFAR10":
+        return cifar10_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _cifar10_unavailable(root: Path, reason: str) -> DatasetUnavailable:
+    CIFAR10 = cifar10_class()
     root = root.absolute()  # the message must say where, whatever directory the stage ran in
     folder = root / CIFAR10.base_folder
     return DatasetUnavailable(
@@ -75,6 +90,9 @@ def _cifar10_unavailable(root: Path, reason: str) -> DatasetUnavailable:
 
 
 def _download_cifar10(root: Path) -> None:
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    CIFAR10 = cifar10_class()
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
@@ -98,7 +116,7 @@ def load_cifar10(
     verify_checksums: bool = True,
 ) -> Dataset:
     """CIFAR-10 from <root>/cifar-10-batches-py (first `num_samples` of the split), resized to image_size."""
-    root = Path(root)
+    root, CIFAR10 = Path(root), cifar10_class()
     if not (root / CIFAR10.base_folder).is_dir():
         if not download:
             raise _cifar10_unavailable(root, "folder missing and download=False")

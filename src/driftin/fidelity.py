@@ -6,7 +6,9 @@ Design:
   weights reach either one through torch-fidelity's own `feature_extractor_weights_path` kwarg: for the evaluator it
   is the file holding the plain dict from `train_evaluator` (`torch.save(state, path)`). So
   `torch_fidelity.calculate_metrics(feature_extractor="driftin-evaluator", feature_extractor_weights_path=...)`
-  works too once this module is imported.
+  works too once `register_evaluator_extractor()` has run (every function here that needs it calls it).
+- torch-fidelity is imported on first use, not with this module: every stage imports this module to validate
+  params, and torch-fidelity's import (all of torchvision) costs ~3.5 s of each stage's start-up.
 - FID and KID are `driftin.scores` (pure functions of features that also give bootstrap intervals; equal to
   torch-fidelity's, tested), precision/recall torch-fidelity's, applied to feature arrays (`fidelity_from_features`).
 - Reference features are a plain array, not torch-fidelity's cache: its cache key ignores the weights (a retrained
@@ -25,14 +27,10 @@ import hashlib
 import os
 from pathlib import Path
 
+import functools
+
 import numpy as np
 import torch
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-from torch_fidelity.helpers import vassert
-from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
-from torch_fidelity.utils import create_feature_extractor
 
 from driftin.downloads import host_reachable
 from driftin.evaluator import load_evaluator
@@ -42,6 +40,9 @@ from driftin.scores import fid, kernel_sums, kid, reference_stats
 
 EVALUATOR_EXTRACTOR = "driftin-evaluator"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
+# torch-fidelity's own download URL (its URL_INCEPTION_V3; a test checks the two agree).
+URL_INCEPTION_V3 = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                    "weights-inception-2015-12-05-6726825d.pth")
 # Basename of torch-fidelity's download URL, i.e. the file torch.hub would cache under <hub>/checkpoints/.
 INCEPTION_WEIGHTS_FILE = URL_INCEPTION_V3.rsplit("/", 1)[-1]
 INCEPTION_PARAMS_KEY = "evaluate.inception_weights"
@@ -56,47 +57,62 @@ class InceptionWeightsUnavailable(FileNotFoundError):
     """The Inception weights file is missing and we refuse to download (offline, and no implicit home writes)."""
 
 
-class EvaluatorFeatureExtractor(FeatureExtractorBase):
-    """torch-fidelity extractor around a trained `Evaluator`, loaded from `feature_extractor_weights_path`."""
+@functools.cache
+def register_evaluator_extractor() -> type:
+    """Define the torch-fidelity extractor around a trained `Evaluator` and register it as "driftin-evaluator"
+    (once); returns the class."""
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.helpers import vassert
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
-                 **kwargs):
-        super().__init__(name, features_list)
-        vassert(feature_extractor_weights_path is not None,
-                f'"{name}" needs feature_extractor_weights_path: a file saved with torch.save(train_evaluator(...)[0])')
-        state = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
-        self.evaluator = load_evaluator(state)
-        self.requires_grad_(False)
-        self.eval()
+    class EvaluatorFeatureExtractor(FeatureExtractorBase):
+        """torch-fidelity extractor around a trained `Evaluator`, loaded from `feature_extractor_weights_path`."""
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        vassert(x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3, f"Expecting uint8 Bx3xHxW, got {x.shape}")
-        size = self.evaluator.config.image_size
-        vassert(x.shape[2:] == (size, size), f"Evaluator was trained at {size}x{size}, got {tuple(x.shape[2:])}")
-        x = x.float() / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1], the evaluator's training range
-        phi = self.evaluator.features(x)  # (B, D)
-        out = {"features": phi, "logits": self.evaluator.head(phi)}
-        return tuple(out[k] for k in self.features_list)
+        def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
+                     **kwargs):
+            super().__init__(name, features_list)
+            vassert(feature_extractor_weights_path is not None,
+                    f'"{name}" needs feature_extractor_weights_path: a file saved with torch.save(train_evaluator(...)[0])')
+            state = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
+            self.evaluator = load_evaluator(state)
+            self.requires_grad_(False)
+            self.eval()
 
-    @staticmethod
-    def get_provided_features_list() -> tuple[str, ...]:
-        return "features", "logits"
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            vassert(x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3, f"Expecting uint8 Bx3xHxW, got {x.shape}")
+            size = self.evaluator.config.image_size
+            vassert(x.shape[2:] == (size, size), f"Evaluator was trained at {size}x{size}, got {tuple(x.shape[2:])}")
+            x = x.float() / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1], the evaluator's training range
+            phi = self.evaluator.features(x)  # (B, D)
+            out = {"features": phi, "logits": self.evaluator.head(phi)}
+            return tuple(out[k] for k in self.features_list)
 
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric: str) -> str:
-        return "logits" if metric == "isc" else "features"
+        @staticmethod
+        def get_provided_features_list() -> tuple[str, ...]:
+            return "features", "logits"
 
-    @staticmethod
-    def can_be_compiled() -> bool:
-        return False
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric: str) -> str:
+            return "logits" if metric == "isc" else "features"
 
-    @staticmethod
-    def get_dummy_input_for_compile() -> torch.Tensor:
-        return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+        @staticmethod
+        def can_be_compiled() -> bool:
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile() -> torch.Tensor:
+            return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+
+    if EVALUATOR_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(EVALUATOR_EXTRACTOR, EvaluatorFeatureExtractor)
+    return FEATURE_EXTRACTORS_REGISTRY[EVALUATOR_EXTRACTOR]
 
 
-if EVALUATOR_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
-    register_feature_extractor(EVALUATOR_EXTRACTOR, EvaluatorFeatureExtractor)
+def __getattr__(name: str):
+    """`fidelity.EvaluatorFeatureExtractor` stays available (PEP 562), defined on first access."""
+    if name == "EvaluatorFeatureExtractor":
+        return register_evaluator_extractor()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_weights(extractor: str, weights_path: str | None) -> str:
@@ -167,6 +183,9 @@ def reference_features(reference: np.ndarray, *, extractor: str, weights_path: s
     """Features float32 [M, D] of uint8 [M, H, W, 3] images; also written to `path` (.npz, atomic) if given."""
     _check_images(reference, "images")
     weights = resolve_weights(extractor, weights_path)
+    from torch_fidelity.utils import create_feature_extractor
+
+    register_evaluator_extractor()
     name, layer = _EXTRACTORS[extractor]
     net = create_feature_extractor(name, [layer], cuda=False, verbose=False,
                                    feature_extractor_weights_path=weights).to(device)
@@ -190,6 +209,8 @@ def load_reference_features(path: str, *, extractor: str, weights_path: str | No
 def precision_recall(phi_gen: np.ndarray, phi_ref: np.ndarray,
                      prc_neighborhood: int = PRC_NEIGHBORHOOD) -> dict[str, float]:
     """Precision and recall (Kynkaanniemi et al.) of features [N, D] (generated) against [M, D] (reference)."""
+    from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+
     n, m = len(phi_gen), len(phi_ref)
     if phi_gen.ndim != 2 or phi_ref.ndim != 2 or phi_gen.shape[1] != phi_ref.shape[1]:
         raise ValueError(f"features must be [N, D] and [M, D], got {phi_gen.shape} and {phi_ref.shape}")

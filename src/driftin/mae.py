@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -147,17 +148,41 @@ def _lr_factor(step: int, steps: int) -> float:
 
 
 def validate(mae, image_size: int) -> None:
-    """The `encoders.mae` section (a config.MAEParams) against data.image_size."""
-    for name in ("steps", "batch_size", "lr", "patch_size"):
+    """The `encoders.mae` section (a config.MAEParams, or any object with its fields) against data.image_size."""
+    for name in ("steps", "batch_size", "lr", "patch_size", "train_images", "heldout_images"):
         positive(getattr(mae, name), f"encoders.mae.{name}")
+    require(isinstance(mae.seed, int) and mae.seed >= 0, "encoders.mae.seed", "must be an integer >= 0")
     require(0 < mae.mask_ratio < 1, "encoders.mae.mask_ratio", "must be in (0, 1)")
     require(image_size % mae.patch_size == 0, "encoders.mae.patch_size", "must divide data.image_size")
 
 
+class Pretrained(NamedTuple):
+    state: dict[str, torch.Tensor]  # encoder state dict, on CPU
+    losses: list[float]  # training loss per step
+    heldout_loss: float | None  # masked reconstruction error on the held-out images (fixed masks); None without
+
+
+@torch.no_grad()
+def heldout_reconstruction(encoder: MAEEncoder, decoder: MAEDecoder, images: np.ndarray, *, mask_ratio: float,
+                           seed: int, batch_size: int = 256) -> float:
+    """Mean masked-pixel squared error on uint8 images [N, H, W, 3], masks drawn from `seed` (same every call)."""
+    gen = torch.Generator().manual_seed(seed)
+    device = next(encoder.parameters()).device
+    grid = images.shape[1] // decoder.patch_size
+    total, weight = 0.0, 0.0
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        mask = random_patch_mask(len(x), grid, decoder.patch_size, mask_ratio, gen)
+        loss = masked_reconstruction_loss(encoder, decoder, x.to(device), mask.to(device))
+        total += loss.item() * len(x)
+        weight += len(x)
+    return total / weight
+
+
 def pretrain_mae(images: np.ndarray, *, steps: int, batch_size: int, lr: float, mask_ratio: float,
-                 patch_size: int, seed: int, device: str, progress: bool = True,
-                 config: MAEConfig = MAEConfig()) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """Pretrain an MAE encoder on uint8 images [N, H, W, 3]; return (encoder state dict on CPU, loss per step)."""
+                 patch_size: int, seed: int, device: str, progress: bool = True, heldout: np.ndarray | None = None,
+                 config: MAEConfig = MAEConfig()) -> Pretrained:
+    """Pretrain an MAE encoder on uint8 images [N, H, W, 3]; `heldout` (same format) is scored at the end."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be uint8 [N, H, W, 3]; got {images.dtype} {images.shape}")
     size = images.shape[1]
@@ -193,7 +218,11 @@ def pretrain_mae(images: np.ndarray, *, steps: int, batch_size: int, lr: float, 
         opt.step()
         sched.step()
         losses.append(loss.item())
-    return {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, losses
+    encoder.eval(), decoder.eval()  # GroupNorm only: eval changes nothing, but says what this is
+    score = None if heldout is None else heldout_reconstruction(encoder, decoder, heldout, mask_ratio=mask_ratio,
+                                                                 seed=seed + 1)
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    return Pretrained(state, losses, score)
 
 
 def mae_encoder_from_state(state: Mapping[str, torch.Tensor]) -> MAEEncoder:

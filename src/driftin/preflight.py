@@ -16,7 +16,7 @@ import torch
 
 from . import cli
 from .config import Params, load_params
-from .datasets import CIFAR10, DatasetUnavailable, _cifar10_unavailable
+from .datasets import DatasetUnavailable, _cifar10_unavailable, cifar10_class
 from .downloads import host_reachable
 from .encoders import WeightsUnavailable, dinov2_weights_file, resnet18_weights_file
 from .fidelity import InceptionWeightsUnavailable, inception_weights_file
@@ -68,7 +68,7 @@ def estimate_disk(params: Params) -> DiskEstimate:
 def _data_problem(params: Params) -> str | None:
     d = params.data
     if d.dataset == "cifar10":
-        root = Path(d.root)
+        root, CIFAR10 = Path(d.root), cifar10_class()
         if (root / CIFAR10.base_folder).is_dir():
             return None
         reason = "folder missing and data.download is false" if not d.download else host_reachable(CIFAR10.url)

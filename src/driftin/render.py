@@ -12,18 +12,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-import matplotlib.ticker
+import functools
+from types import ModuleType
 
-matplotlib.use("Agg")  # no display on the training/CI machines
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-
-from driftin.files import atomic_path  # noqa: E402
-from driftin.rules import positive, require  # noqa: E402
+from driftin.files import atomic_path
+from driftin.rules import positive, require
 
 GIF_TICK_MS = 10  # GIF delays are stored in centiseconds
 GIF_MIN_FRAME_MS = 20  # browsers replace shorter delays by 100 ms, which would distort the pacing
@@ -35,6 +32,18 @@ def validate(render, num_samples: int) -> None:
     positive(render.grid_samples, "render.grid_samples")
     require(render.grid_samples <= num_samples, "render.grid_samples",
             f"must not exceed evaluate.num_samples ({num_samples}): grids reuse the FID samples")
+
+
+@functools.cache
+def _pyplot() -> ModuleType:
+    """matplotlib.pyplot on the Agg backend (no display on training/CI machines), imported on first use: every
+    stage imports this module for `validate`, and matplotlib's ~1.5 s import belongs to the charts alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -204,11 +213,11 @@ def batch_gif(batches: Sequence[np.ndarray], path: str | os.PathLike, *, nrow: i
     return _atomic(path, write)
 
 
-def _save_fig(fig: plt.Figure, path: str | os.PathLike) -> Path:
+def _save_fig(fig: Any, path: str | os.PathLike) -> Path:
     try:
         return _atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"))
     finally:
-        plt.close(fig)
+        _pyplot().close(fig)
 
 
 def plot_training_curves(curves: Mapping[str, str | os.PathLike], path: str | os.PathLike, *, x: str = "step",
@@ -217,7 +226,7 @@ def plot_training_curves(curves: Mapping[str, str | os.PathLike], path: str | os
     frames = {label: pd.read_csv(p) for label, p in curves.items()}
     if columns is None:
         columns = sorted({c for df in frames.values() for c in df.select_dtypes("number").columns if c != x})
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.2), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(columns), figsize=(4.2 * len(columns), 3.2), squeeze=False)
     for ax, col in zip(axes[0], columns):
         for i, (label, df) in enumerate(frames.items()):
             if col in df:  # colour by run index, so a run has one colour in every subplot
@@ -243,7 +252,7 @@ def plot_fid(metrics: Mapping[str, float | Mapping[str, float]], path: str | os.
               for m, v in zip(metrics.values(), values)]
     yerr = np.clip([[v - lo for (lo, _), v in zip(bounds, values)], [hi - v for (_, hi), v in zip(bounds, values)]],
                    0, None)  # (2, models): below, above
-    fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(names), 3.4))
+    fig, ax = _pyplot().subplots(figsize=(1.8 + 1.4 * len(names), 3.4))
     bars = ax.bar(ticks, values, yerr=yerr, capsize=4, color=[f"C{i}" for i in range(len(names))])
     ax.bar_label(bars, fmt="%.2f")
     ax.set(ylabel=f"{key.upper()} (lower is better)", title=key.upper())
@@ -254,7 +263,7 @@ def plot_fid(metrics: Mapping[str, float | Mapping[str, float]], path: str | os.
 def plot_benchmark(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, title: str = "") -> Path:
     """Images/s vs batch size (log-log), one line per model x mode; skipped/failed modes listed, not drawn."""
     ok = pd.DataFrame([r for r in rows if r["status"] == "ok"])
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     styles = ["-", "--", ":", "-."]
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -266,7 +275,7 @@ def plot_benchmark(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *
     ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images / s", title=title)
     batches = sorted({r["batch_size"] for r in rows})
     ax.set_xticks(batches, [str(b) for b in batches])
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the measured batch sizes as x ticks
+    ax.xaxis.set_minor_locator(_pyplot().NullLocator())  # only the measured batch sizes as x ticks
     ax.grid(alpha=0.3, which="both")
     if ax.lines:
         ax.legend(fontsize=7, ncol=2)
