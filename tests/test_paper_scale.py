@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 DRY_RUN = {
     "ddpm.steps": "2", "drift.steps": "2", "ddpm.batch_size": "4", "drift.batch_size": "4", "drift.positives": "8",
     "ddpm.checkpoint_every": "1", "drift.checkpoint_every": "1", "encoders.cache_images": "8",
-    "evaluate.num_samples": "12", "evaluate.bootstrap": "10", "evaluate.reference_samples": "16",
+    "evaluate.num_samples": "12", "evaluate.bootstrap": "2", "evaluate.reference_samples": "16",
     "evaluate.ddim_steps": "2", "evaluate.batch_size": "12", "data.test_samples": "12",
     "benchmark.modes": "[eager_fp32,eager_bf16,cuda_graphs]", "benchmark.batch_sizes": "[1,2]",
     "benchmark.ddim_steps": "2", "benchmark.repeats": "1", "render.grid_samples": "4",
