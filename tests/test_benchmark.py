@@ -27,7 +27,6 @@ class TinyNet(nn.Module):
         return self.conv(x) + self.emb(t)[:, :, None, None]  # (B,3,H,W)
 
 
-
 @pytest.fixture(autouse=True)
 def native_bf16(monkeypatch):
     """Exercise the eager_bf16 mode whatever this CPU's instruction set (the skip has its own test)."""
