@@ -1,10 +1,12 @@
-"""DDPM maths: schedule, forward process, loss, and DDIM cross-checked against diffusers' DDIMScheduler."""
+"""DDPM maths: schedule, forward process, loss, and DDIM cross-checked against diffusers' DDIMScheduler;
+class labels: label dropout and classifier-free guidance."""
 
 import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from driftin.ddpm import alphas_cumprod, ddim_sample, ddim_timesteps, ddpm_loss, linear_betas, q_sample
+from driftin.ddpm import (alphas_cumprod, ddim_nfe, ddim_sample, ddim_timesteps, ddpm_loss, drop_labels,
+                          linear_betas, q_sample)
 
 T = 1000
 
@@ -148,3 +150,121 @@ def test_ddpm_loss_zero_for_oracle_and_positive_for_wrong_model():
     wrong = ddpm_loss(lambda x_t, tt: torch.zeros_like(x_t), x0, t, noise, ab)
     torch.testing.assert_close(wrong, noise.square().flatten(1).mean(1))
     assert wrong.min() > 0.5
+
+
+# Class labels: label dropout in the loss, classifier-free guidance in the sampler.
+
+K = 3  # classes of the toy models; label K is the null label
+
+
+def test_drop_labels_rate_and_determinism():
+    labels = torch.arange(20000) % K
+    dropped = drop_labels(labels, 0.3, K, torch.Generator().manual_seed(0))
+    is_null = dropped == K
+    assert abs(is_null.float().mean().item() - 0.3) < 0.02
+    assert torch.equal(dropped[~is_null], labels[~is_null])  # the others keep their label
+    assert torch.equal(drop_labels(labels, 0.3, K, torch.Generator().manual_seed(0)), dropped)
+    assert not torch.equal(drop_labels(labels, 0.3, K, torch.Generator().manual_seed(1)), dropped)
+    torch.manual_seed(5)  # no generator: the default RNG of the labels' device, seeded as usual
+    first = drop_labels(labels, 0.3, K)
+    torch.manual_seed(5)
+    assert torch.equal(drop_labels(labels, 0.3, K), first)
+    assert torch.equal(drop_labels(labels, 0.0, K), labels) and torch.all(drop_labels(labels, 1.0, K) == K)
+    with pytest.raises(ValueError, match="p_uncond"):
+        drop_labels(labels, 1.5, K)
+
+
+def test_ddpm_loss_passes_dropped_labels_to_the_model():
+    ab = alphas_cumprod(linear_betas())
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(64, 3, 2, 2, generator=g), torch.randn(64, 3, 2, 2, generator=g)
+    t, labels = torch.full((64,), 100), torch.arange(64) % K
+    seen = []
+
+    def model(x_t, tt, *args):
+        seen.append(args)
+        return torch.zeros_like(x_t)
+
+    plain = ddpm_loss(model, x0, t, noise, ab)
+    assert seen.pop() == ()  # no labels: the unconditional call, as before
+    torch.testing.assert_close(ddpm_loss(model, x0, t, noise, ab, labels=labels), plain)
+    assert torch.equal(seen.pop()[0], labels)
+    ddpm_loss(model, x0, t, noise, ab, labels=labels, p_uncond=0.5, null_label=K,
+              generator=torch.Generator().manual_seed(3))
+    assert torch.equal(seen.pop()[0], drop_labels(labels, 0.5, K, torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="null_label"):
+        ddpm_loss(model, x0, t, noise, ab, labels=labels, p_uncond=0.5)
+    with pytest.raises(ValueError, match="needs labels"):
+        ddpm_loss(model, x0, t, noise, ab, p_uncond=0.5, null_label=K)
+
+
+def _toy_conditional(shape: tuple[int, ...]):
+    """eps model whose x_0 prediction is exactly delta[label] (0 for the null label), at every x and t: guided
+    DDIM then ends at guidance * delta[label] (while inside the [-1, 1] clip)."""
+    ab = alphas_cumprod(linear_betas())
+    g = torch.Generator().manual_seed(2)
+    delta = 0.3 * torch.randn(K + 1, *shape[1:], generator=g, dtype=torch.float64).tanh()  # |3 delta| < 1
+    delta[K] = 0.0
+
+    def eps_model(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        a = ab[t].view(-1, 1, 1, 1)
+        return (x - a.sqrt() * delta[labels]) / (1 - a).sqrt()
+
+    return eps_model, delta
+
+
+class _Counter:
+    """Wraps a model; counts its calls and the rows (per-sample network evaluations) it ran."""
+
+    def __init__(self, model) -> None:
+        self.model, self.calls, self.rows = model, 0, 0
+
+    def __call__(self, x, t, *args):
+        self.calls += 1
+        self.rows += x.shape[0]
+        return self.model(x, t, *args)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 0.0, 3.0])
+def test_network_evaluations_match_ddim_nfe(guidance):
+    shape, steps = (4, 3, 2, 2), 7
+    eps_model, _ = _toy_conditional(shape)
+    counted = _Counter(eps_model)
+    ddim_sample(counted, torch.randn(shape, dtype=torch.float64), steps, labels=torch.tensor([0, 1, 2, 0]),
+                guidance=guidance, null_label=K)
+    assert counted.rows / shape[0] == ddim_nfe(steps, guidance) == (steps if guidance == 1.0 else 2 * steps)
+    assert counted.calls == steps  # guidance runs the conditional and unconditional rows as one call
+    unconditional = _Counter(lambda x, t: torch.zeros_like(x))
+    ddim_sample(unconditional, torch.randn(shape), steps)
+    assert unconditional.rows / shape[0] == ddim_nfe(steps) == steps
+
+
+def test_guidance_one_is_exactly_the_conditional_sampler():
+    shape = (4, 3, 2, 2)
+    eps_model, _ = _toy_conditional(shape)
+    labels = torch.tensor([0, 1, 2, 3])
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    conditional = ddim_sample(lambda x, t: eps_model(x, t, labels), x_T, 10, 0.5,
+                              generator=torch.Generator().manual_seed(1))
+    guided = ddim_sample(eps_model, x_T, 10, 0.5, generator=torch.Generator().manual_seed(1), labels=labels,
+                         guidance=1.0)
+    assert torch.equal(guided, conditional)
+
+
+def test_guidance_extrapolates_towards_the_conditional_direction():
+    shape = (6, 3, 2, 2)
+    eps_model, delta = _toy_conditional(shape)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for guidance in (0.0, 1.0, 2.0, 3.0):  # 0: the unconditional model alone
+        out = ddim_sample(eps_model, x_T, 20, labels=labels, guidance=guidance, null_label=K)
+        torch.testing.assert_close(out, guidance * delta[labels], atol=1e-6, rtol=1e-6)
+
+
+def test_guidance_needs_labels_and_null_label():
+    eps_model, _ = _toy_conditional((1, 3, 2, 2))
+    with pytest.raises(ValueError, match="needs labels"):
+        ddim_sample(lambda x, t: x, torch.zeros(1, 3, 2, 2), 2, guidance=2.0)
+    with pytest.raises(ValueError, match="null_label"):
+        ddim_sample(eps_model, torch.zeros(1, 3, 2, 2, dtype=torch.float64), 2, labels=torch.tensor([0]),
+                    guidance=2.0)

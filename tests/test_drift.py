@@ -240,3 +240,154 @@ def test_groups_must_share_the_batch():
     with pytest.raises(ValueError, match="one batch"):
         drift_loss({"a": torch.zeros(1, 4, 3), "b": torch.zeros(1, 5, 3)},
                    {"a": torch.zeros(1, 6, 3), "b": torch.zeros(1, 6, 3)})
+
+
+# Weighted targets: extra negatives with weights (DRIFTING.md sec. 6, the official code's guidance negatives).
+
+def _reference_weighted_field(x, y, u, w_u, taus, affinity_floor=0.0):
+    """Combined drift V~ [L, N, C] in float64, one problem and one temperature at a time, from DRIFTING.md
+    sec. 1 and 6: targets [y, u, x] with weights [1, w_u, 1]; S = sum(d w) / sum(w) over the L problems; unweighted
+    softmaxes; A = sqrt(row * col), floored, times the target weights; W+ = A+ sum(A-), W- = A- sum(A+);
+    lambda_tau = RMS of V_tau over all problems; V~ = sum_tau V_tau / lambda_tau."""
+    x, y, u, w_u = x.double(), y.double(), u.double(), w_u.double()
+    L, N, C = x.shape
+    n_pos, n_u = y.shape[1], u.shape[1]
+    targets = [torch.cat([y[l], u[l], x[l]]) for l in range(L)]  # each [T, C]
+    weights = [torch.cat([torch.ones(n_pos), w_u[l], torch.ones(N)]).double() for l in range(L)]  # each [T]
+    dists = [(x[l][:, None, :] - targets[l][None, :, :]).square().sum(-1).sqrt() for l in range(L)]  # [N, T]
+    S = sum((dists[l] * weights[l]).sum() for l in range(L)) / sum(N * weights[l].sum() for l in range(L))
+    is_self = torch.zeros(N, n_pos + n_u + N, dtype=torch.bool)
+    for i in range(N):
+        is_self[i, n_pos + n_u + i] = True
+    V_total = torch.zeros(L, N, C, dtype=torch.float64)
+    for tau in taus:
+        V = torch.zeros(L, N, C, dtype=torch.float64)
+        for l in range(L):
+            k = torch.exp(-dists[l] / (S * tau)).masked_fill(is_self, 0.0)  # [N, T] exp(logit), self excluded
+            A = (k / k.sum(dim=1, keepdim=True) * k / k.sum(dim=0, keepdim=True)).sqrt()
+            A = A.clamp_min(affinity_floor).masked_fill(is_self, 0.0) * weights[l]
+            A_pos, A_neg = A[:, :n_pos], A[:, n_pos:]
+            W_pos = A_pos * A_neg.sum(dim=1, keepdim=True)
+            W_neg = A_neg * A_pos.sum(dim=1, keepdim=True)
+            t_n = targets[l] * math.sqrt(C) / S  # normalised targets
+            V[l] = W_pos @ t_n[:n_pos] - W_neg @ t_n[n_pos:]  # the x_i terms cancel: W+, W- rows have equal sums
+        V_total += V / V.square().mean().sqrt()
+    return V_total, S
+
+
+def _weighted_case(seed: int = 0, L: int = 3, N: int = 10, n_pos: int = 8, n_u: int = 5, C: int = 6):
+    x = _randn(L, N, C, seed=seed)
+    y = _randn(L, n_pos, C, seed=seed + 1) + 0.8 * _unit(C, seed + 2)
+    u = 1.3 * _randn(L, n_u, C, seed=seed + 3) + 0.3
+    return x, y, u
+
+
+@pytest.mark.parametrize("affinity_floor", [0.0, 1e-3])
+@pytest.mark.parametrize("weight", ["scalar", "per_problem", "per_target", "none"])
+def test_weighted_field_matches_float64_reference(weight, affinity_floor):
+    x, y, u = _weighted_case()
+    L, n_u = u.shape[:2]
+    w = {"scalar": 2.5, "per_problem": torch.tensor([[0.0], [1.0], [6.0]]),
+         "per_target": torch.rand(L, n_u, generator=torch.Generator().manual_seed(4)) * 3,
+         "none": None}[weight]
+    if w is None:  # no extra negatives: today's field, checked against the same independent reference
+        V = compute_drift(x, y, TAUS, affinity_floor=affinity_floor)
+        V_ref, _ = _reference_weighted_field(x, y, u[:, :0], torch.zeros(L, 0), TAUS, affinity_floor)
+    else:
+        V = compute_drift(x, y, TAUS, neg_extra=u, neg_weight=w, affinity_floor=affinity_floor)
+        V_ref, _ = _reference_weighted_field(x, y, u, torch.as_tensor(w).broadcast_to(L, n_u), TAUS, affinity_floor)
+    torch.testing.assert_close(V.double(), V_ref, atol=1e-5 * V_ref.abs().max().item(), rtol=1e-5)
+
+
+def test_reference_agrees_with_hand_computed_case():
+    # The oracle itself against test_hand_computed_case's numbers (no extra negatives, one temperature).
+    x, y = torch.tensor([[[0.0], [1.0]]]), torch.tensor([[[3.0]]])
+    V_ref, S = _reference_weighted_field(x, y, torch.zeros(1, 0, 1), torch.zeros(1, 0), (1.0,))
+    assert S.item() == pytest.approx(7 / 6)
+    problems = _stack({"f": x}, {"f": y})
+    V = _field(problems, (1.0,), tau_times_c=False, affinity_floor=0.0, group=None).V[0]
+    torch.testing.assert_close(V.double(), V_ref, atol=1e-6, rtol=1e-5)
+
+
+def test_weighted_scale_is_the_weighted_mean_distance():
+    x, y, u = _weighted_case(seed=5)
+    w = torch.tensor([[0.5], [2.0], [4.0]])
+    _, S_ref = _reference_weighted_field(x, y, u, w.expand(-1, u.shape[1]), TAUS)
+    p = _stack({"f": x}, {"f": y}, {"f": u}, {"f": w})
+    field = _field(p, TAUS, tau_times_c=False, affinity_floor=0.0, group=None)
+    assert field.S.item() == pytest.approx(S_ref.item(), rel=1e-6)
+    S_unweighted = _field(_stack({"f": x}, {"f": y}), TAUS, tau_times_c=False, affinity_floor=0.0, group=None).S
+    assert abs(field.S.item() - S_unweighted.item()) > 1e-3  # the extra negatives really enter S
+
+
+def test_no_extra_negatives_is_exactly_todays_field():
+    x, y, u = _weighted_case(seed=7)
+    V = compute_drift(x, y, TAUS)
+    for w in (1.0, 3.0, torch.ones(3, 1)):
+        assert torch.equal(compute_drift(x, y, TAUS, neg_extra=u[:, :0], neg_weight=w), V)
+    gen = {"f": x.clone().requires_grad_()}
+    loss, stats = drift_loss(gen, {"f": y}, TAUS)
+    loss.backward()
+    gen_empty = {"f": x.clone().requires_grad_()}
+    loss_empty, stats_empty = drift_loss(gen_empty, {"f": y}, TAUS, neg_feats={"f": u[:, :0]}, neg_weight=2.0)
+    loss_empty.backward()
+    assert torch.equal(loss_empty, loss) and stats_empty == stats and torch.equal(gen_empty["f"].grad, gen["f"].grad)
+
+
+def test_weighted_loss_gradient_uses_weighted_scale():
+    x, y, u = _weighted_case(seed=9)
+    w = torch.tensor([[1.0], [0.0], [5.0]])
+    gen = {"f": x.clone().requires_grad_()}
+    loss, stats = drift_loss(gen, {"f": y}, TAUS, neg_feats={"f": u}, neg_weight={"f": w})
+    loss.backward()
+    V_ref, S_ref = _reference_weighted_field(x, y, u, w.expand(-1, u.shape[1]), TAUS)
+    expected = -2 * V_ref * math.sqrt(x.shape[-1]) / S_ref / V_ref.numel()
+    torch.testing.assert_close(gen["f"].grad.double(), expected, atol=1e-5 * expected.abs().max().item(), rtol=0)
+    # The energy (convergence signal) ignores the extra negatives: same as without them.
+    _, stats_plain = drift_loss({"f": x}, {"f": y}, TAUS)
+    assert stats["energy"] == pytest.approx(stats_plain["energy"], rel=1e-5, abs=1e-6)
+
+
+def test_heavier_extra_negatives_repel_more():
+    # Extra negatives off to one side (direction e): a larger weight pushes the generated samples further from them.
+    L, N, C = 2, 48, 8
+    e = _unit(C, seed=11)
+    x = _randn(L, N, C, seed=12)
+    y = _randn(L, 64, C, seed=13) + 1.0 * _unit(C, seed=14)
+    u = _randn(L, 16, C, seed=15) + 1.5 * e
+
+    def towards_u(w: float) -> float:
+        V = compute_drift(x, y, TAUS, neg_extra=u, neg_weight=w)
+        return torch.cosine_similarity(V.reshape(-1, C), e[None], dim=-1).mean().item()
+
+    cos = [towards_u(w) for w in (0.0, 1.0, 4.0)]
+    assert cos[0] > cos[1] > cos[2] and cos[2] < 0
+
+
+@pytest.mark.parametrize(
+    ("u_shape", "weight", "match"),
+    [
+        ((2, 4, 3), 1.0, "L, Nu, C"),  # L differs
+        ((1, 4, 2), 1.0, "L, Nu, C"),  # C differs
+        ((4, 3), 1.0, "L, Nu, C"),  # not [L, Nu, C]
+        ((1, 4, 3), -1.0, ">= 0"),
+        ((1, 4, 3), float("inf"), ">= 0"),
+        ((1, 4, 3), torch.ones(3), "broadcast"),
+        ((1, 4, 3), torch.ones(2, 4), "broadcast"),
+    ],
+)
+def test_bad_extra_negatives_raise(u_shape, weight, match):
+    with pytest.raises(ValueError, match=match):
+        compute_drift(torch.zeros(1, 4, 3), torch.zeros(1, 5, 3), neg_extra=torch.zeros(u_shape), neg_weight=weight)
+
+
+def test_extra_negatives_need_matching_groups():
+    gen = {"a": torch.zeros(1, 4, 3), "b": torch.zeros(1, 4, 2)}
+    pos = {"a": torch.zeros(1, 5, 3), "b": torch.zeros(1, 5, 2)}
+    with pytest.raises(ValueError, match="neg_feats"):
+        drift_loss(gen, pos, neg_feats={"a": torch.zeros(1, 2, 3)})
+    with pytest.raises(ValueError, match="neg_weight"):
+        drift_loss(gen, pos, neg_feats={"a": torch.zeros(1, 2, 3), "b": torch.zeros(1, 2, 2)},
+                   neg_weight={"a": 1.0})
+    with pytest.raises(ValueError, match="one batch"):
+        drift_loss(gen, pos, neg_feats={"a": torch.zeros(1, 2, 3), "b": torch.zeros(1, 3, 2)})

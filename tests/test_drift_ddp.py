@@ -12,7 +12,7 @@ from driftin import drift, drift_reference
 from driftin.drift import compute_drift, drift_loss
 
 WORLD = 2
-N_LOCAL, NP_LOCAL = 8, 6  # generated / positive rows per rank
+N_LOCAL, NP_LOCAL, NU_LOCAL = 8, 6, 3  # generated / positive / extra negative rows per rank
 
 
 def _global_batch() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -25,6 +25,12 @@ def _global_batch() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
            "mean": torch.randn(1, WORLD * NP_LOCAL, 4, generator=g) - 0.3,
            "std": torch.randn(2, WORLD * NP_LOCAL, 5, generator=g).abs() * 1.5}
     return gen, pos
+
+
+def _global_extra_negatives() -> tuple[torch.Tensor, torch.Tensor]:
+    """Extra negatives [3, WORLD * NU_LOCAL, 5] for the "loc" group and their per-target weights."""
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(3, WORLD * NU_LOCAL, 5, generator=g) - 0.5, 3 * torch.rand(3, WORLD * NU_LOCAL, generator=g)
 
 
 class _CountingCollectives:
@@ -62,6 +68,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         # A small chunk size makes every bucket span several chunks of problems (with a shorter last one).
         drift.CHUNK_ELEMENTS = 2000
         V = compute_drift(gen["loc"].detach(), pos["loc"], group=group)
+        u, w = (t[:, rank * NU_LOCAL:(rank + 1) * NU_LOCAL] for t in _global_extra_negatives())
+        V_weighted = compute_drift(gen["loc"].detach(), pos["loc"], neg_extra=u, neg_weight=w, group=group)
         with _CountingCollectives() as counter:
             loss, stats = drift_loss(gen, pos, group=group)
         loss.backward()
@@ -70,7 +78,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             unequal_error = ""
         except ValueError as e:
             unequal_error = str(e)
-        torch.save({"V": V, "grads": {k: v.grad for k, v in gen.items()}, "stats": stats,
+        torch.save({"V": V, "V_weighted": V_weighted, "grads": {k: v.grad for k, v in gen.items()}, "stats": stats,
                     "unequal_error": unequal_error, "collectives": counter.calls}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -98,6 +106,12 @@ def test_two_process_field_and_gradients_match_one_process(tmp_path: Path):
     print(f"\nDDP vs 1-process: max |V diff| = {(V_ddp - V_ref).abs().max().item():.2e} "
           f"(max |V| = {V_ref.abs().max().item():.2f})")
     torch.testing.assert_close(V_ddp, V_ref, atol=1e-5, rtol=0)
+    # Weighted extra negatives: each rank passes its share (rows and weights), gathered like the positives.
+    u, w = _global_extra_negatives()
+    V_weighted_ref = compute_drift(gen["loc"], pos["loc"], neg_extra=u, neg_weight=w)
+    V_weighted = torch.cat([r["V_weighted"] for r in ranks], dim=1)
+    torch.testing.assert_close(V_weighted, V_weighted_ref, atol=1e-5, rtol=0)
+    assert (V_weighted_ref - V_ref).abs().max() > 1e-2  # the extra negatives change the field
     for k, v in gen.items():
         # The local loss is a mean over 1/WORLD of the elements, so each rank's gradient is WORLD times the
         # 1-process one; DDP's average over WORLD ranks removes that factor.

@@ -1,4 +1,6 @@
-"""The shared UNet: presets, shapes, time conditioning, initialisation, autocast and compile-ability."""
+"""The shared UNet: presets, shapes, time and class conditioning, initialisation, autocast and compile-ability."""
+
+import hashlib
 
 import pytest
 import torch
@@ -114,3 +116,78 @@ def test_overrides_accept_yaml_lists_and_keep_presets_immutable():
     assert model.config.ch_mult == (1, 2) and model.config.attn_resolutions == (16,)
     assert UNET_PRESETS["tiny"].ch_mult == (1, 2, 2)
     assert isinstance(UNet(UNetConfig(ch=32, ch_mult=(1, 2), attn_resolutions=(4,)), 8), UNet)
+
+
+# Class conditioning (num_classes) and the drifting generator's alpha input.
+
+def test_unconditional_state_dict_keys_are_unchanged():
+    # Key names and counts of every preset as the UNet had them before class conditioning existed (sha256 of the
+    # newline-joined keys): model files trained before must keep loading.
+    expected = {"tiny": (166, "63c15772a4c00789"), "small": (244, "7d778f4eb5c51920"),
+                "base": (304, "3d23a9a7e8ffbb67")}
+    for preset, (count, digest) in expected.items():
+        with torch.device("meta"):
+            keys = list(build_unet(preset, 32).state_dict())
+        assert (len(keys), hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]) == (count, digest), preset
+
+
+def test_conditional_net_adds_only_label_and_alpha_embeddings():
+    with torch.device("meta"):
+        plain = set(build_unet("tiny", 16).state_dict())
+        cond = build_unet("tiny", 16, num_classes=10).state_dict()
+        both = build_unet("tiny", 16, num_classes=10, alpha_cond=True).state_dict()
+    assert set(cond) - plain == {"label_emb.weight"} and plain <= set(cond)
+    assert cond["label_emb.weight"].shape == (11, 4 * 32)  # K + 1 rows: row K is the null label
+    assert set(both) - set(cond) == {"alpha_emb.weight", "alpha_emb.bias"}
+
+
+def test_labels_change_the_output_and_none_is_the_null_label():
+    model = build_unet("tiny", 16, num_classes=3).eval()
+    assert model.null_label == 3
+    x, t = _x(1, 16).expand(4, -1, -1, -1), torch.full((4,), 10)
+    out = model(x, t, torch.tensor([0, 1, 2, 3]))
+    assert out.shape == (4, 3, 16, 16) and torch.isfinite(out).all()
+    for i in range(4):  # every label, the null one included, gives its own output
+        for j in range(i):
+            assert (out[i] - out[j]).abs().max() > 1e-4, (i, j)
+    torch.testing.assert_close(model(x, t), out[3:].expand(4, -1, -1, -1))  # labels=None: the null label
+    with pytest.raises(IndexError):
+        model(x, t, torch.tensor([0, 1, 2, 4]))  # beyond the null label
+
+
+def test_alpha_changes_the_output_and_defaults_to_one():
+    model = build_unet("tiny", 16, num_classes=3, alpha_cond=True).eval()
+    x, t, labels = _x(2, 16), torch.zeros(2), torch.tensor([0, 1])
+    out = model(x, t, labels, alpha=torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(model(x, t, labels), out)  # alpha None means 1
+    torch.testing.assert_close(model(x, t, labels, alpha=1.0), out)
+    assert (model(x, t, labels, alpha=torch.tensor([1.0, 3.0])) - out)[1].abs().max() > 1e-5
+    torch.testing.assert_close(model(x, t, labels, alpha=torch.tensor([1.0, 3.0]))[0], out[0])  # per sample
+
+
+def test_conditioning_inputs_must_fit_the_net():
+    x, t = _x(1, 16), torch.zeros(1)
+    plain = build_unet("tiny", 16).eval()
+    with pytest.raises(ValueError, match="unconditional"):
+        plain(x, t, torch.tensor([0]))
+    with pytest.raises(ValueError, match="null label"):
+        plain.null_label
+    with pytest.raises(ValueError, match="no alpha"):
+        build_unet("tiny", 16, num_classes=2).eval()(x, t, torch.tensor([0]), alpha=2.0)
+    with pytest.raises(ValueError, match="num_classes > 0"):
+        build_unet("tiny", 16, alpha_cond=True)
+    with pytest.raises(ValueError, match="num_classes"):
+        build_unet("tiny", 16, num_classes=-1)
+
+
+def test_conditional_net_trains_every_parameter_and_traces_as_one_graph():
+    cfg = UNetConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), norm_groups=8, num_classes=3,
+                     alpha_cond=True)
+    model = UNet(cfg, 8)
+    x, t, labels, alpha = _x(2, 8), torch.tensor([1, 2]), torch.tensor([0, 3]), torch.tensor([1.5, 3.0])
+    model(x, t, labels, alpha).square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+    model.eval()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x, t, labels, alpha), model(x, t, labels, alpha))

@@ -1,7 +1,8 @@
 """DDPM maths as pure tensor functions: schedule, forward process, epsilon loss, DDIM sampler.
 
 Ho et al. 2020 (DDPM) for the schedule and loss; Song et al. 2021 (DDIM) for the sampler, in the form of
-diffusers' `DDIMScheduler(clip_sample=True, set_alpha_to_one=True, timestep_spacing="leading")`.
+diffusers' `DDIMScheduler(clip_sample=True, set_alpha_to_one=True, timestep_spacing="leading")`. Class labels
+are optional: label dropout in the loss and classifier-free guidance in the sampler (Ho & Salimans 2022).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from torch import Tensor
 
 from .rules import positive, require
 
-EpsModel = Callable[[Tensor, Tensor], Tensor]
+# eps_model(x_t, t) for an unconditional model, eps_model(x_t, t, labels) for a class-conditional one.
+EpsModel = Callable[..., Tensor]
 T_TRAIN = 1000  # diffusion steps T the model is trained on; DDIM samples with a strided subset of them
 
 
@@ -38,10 +40,38 @@ def q_sample(x0: Tensor, t: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
     return a.sqrt() * x0 + (1.0 - a).sqrt() * noise
 
 
-def ddpm_loss(eps_model: EpsModel, x0: Tensor, t: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
-    """L_simple per sample: mean over pixels of (eps_model(x_t, t) - eps)^2, shape [B]. Caller draws t and noise."""
+def drop_labels(labels: Tensor, p_uncond: float, null_label: int,
+                generator: torch.Generator | None = None) -> Tensor:
+    """labels [B] with each one replaced by null_label with probability p_uncond (classifier-free guidance's label
+    dropout). One uniform per label from `generator`, else from the default RNG of labels' device: seeded, the
+    same labels are dropped on every run."""
+    if not 0.0 <= p_uncond <= 1.0:
+        raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
+    u = torch.rand(labels.shape, generator=generator, device=labels.device)  # (B,)
+    return torch.where(u < p_uncond, torch.full_like(labels, null_label), labels)
+
+
+def ddpm_loss(eps_model: EpsModel, x0: Tensor, t: Tensor, noise: Tensor, alpha_bar: Tensor, *,
+              labels: Tensor | None = None, p_uncond: float = 0.0, null_label: int | None = None,
+              generator: torch.Generator | None = None) -> Tensor:
+    """L_simple per sample: mean over pixels of (eps_model(x_t, t) - eps)^2, shape [B]. Caller draws t and noise.
+
+    With labels [B] the model is called as eps_model(x_t, t, labels), after drop_labels(labels, p_uncond,
+    null_label, generator) when p_uncond > 0, so one network learns both the conditional and the unconditional
+    epsilon.
+    """
     x_t = q_sample(x0, t, noise, alpha_bar)  # (B, C, H, W)
-    eps_hat = eps_model(x_t, t).float()  # fp32 even when the model ran under bf16 autocast
+    if labels is None:
+        if p_uncond:
+            raise ValueError("p_uncond > 0 needs labels to drop")
+        eps_hat = eps_model(x_t, t)
+    else:
+        if p_uncond:
+            if null_label is None:
+                raise ValueError("label dropout (p_uncond > 0) needs the null_label")
+            labels = drop_labels(labels, p_uncond, null_label, generator)
+        eps_hat = eps_model(x_t, t, labels)
+    eps_hat = eps_hat.float()  # fp32 even when the model ran under bf16 autocast
     return (eps_hat - noise.float()).square().flatten(1).mean(dim=1)  # (B,)
 
 
@@ -62,6 +92,36 @@ def validate_ddim_steps(num_steps: int, key: str) -> None:
     require(num_steps <= T_TRAIN, key, f"must be <= {T_TRAIN} (the DDPM training steps T)")
 
 
+def ddim_nfe(num_steps: int, guidance: float = 1.0) -> int:
+    """Network evaluations per sample of ddim_sample: one per step, two with guidance != 1 (the conditional and the
+    unconditional epsilon; ddim_sample runs them as one call on 2B rows, so count rows, not calls)."""
+    return num_steps * (1 if guidance == 1.0 else 2)
+
+
+def guided_eps(eps_model: EpsModel, labels: Tensor | None, guidance: float,
+               null_label: int | None) -> Callable[[Tensor, Tensor], Tensor]:
+    """(x, t) -> epsilon with classifier-free guidance, eps_u + guidance * (eps_c - eps_u).
+
+    labels None: the unconditional model, eps_model(x, t). guidance 1: the conditional epsilon alone, one network
+    evaluation. Otherwise one call on the 2B rows [x; x] with labels [labels; null_label].
+    """
+    if labels is None:
+        if guidance != 1.0:
+            raise ValueError(f"guidance {guidance} needs labels (1 is the unguided sampler)")
+        return eps_model
+    if guidance == 1.0:
+        return lambda x, t: eps_model(x, t, labels)
+    if null_label is None:
+        raise ValueError("classifier-free guidance (guidance != 1) needs the null_label")
+    both = torch.cat([labels, torch.full_like(labels, null_label)])  # (2B,)
+
+    def eps(x: Tensor, t: Tensor) -> Tensor:
+        eps_c, eps_u = eps_model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)  # 2 x (B, C, H, W)
+        return eps_u + guidance * (eps_c - eps_u)
+
+    return eps
+
+
 @torch.no_grad()
 def ddim_sample(
     eps_model: EpsModel,
@@ -71,15 +131,22 @@ def ddim_sample(
     *,
     alpha_bar: Tensor | None = None,
     generator: torch.Generator | None = None,
+    labels: Tensor | None = None,
+    guidance: float = 1.0,
+    null_label: int | None = None,
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12) from x_T to x_0 in x_T's dtype; eta=0 is deterministic.
 
     x_0 predictions are clipped to [-1, 1] while the direction term keeps the model's epsilon, and
     alpha_bar before the first training step is 1, exactly as diffusers' DDIMScheduler(clip_sample=True,
     set_alpha_to_one=True). eta > 0 draws fresh N(0, I) noise every step from `generator`.
+
+    labels [B] sample a class-conditional model with classifier-free guidance `guidance` (guided_eps; the
+    unconditional epsilon uses `null_label`); ddim_nfe(num_steps, guidance) network evaluations per sample.
     """
     if not 0.0 <= eta <= 1.0:  # eta > 1 makes the direction coefficient's radicand negative
         raise ValueError(f"eta must be in [0, 1], got {eta}")
+    eps_model = guided_eps(eps_model, labels, guidance, null_label)
     if alpha_bar is None:
         alpha_bar = alphas_cumprod(linear_betas())
     T = alpha_bar.shape[0]

@@ -8,6 +8,8 @@ problems of every group are stacked along L by channel count C (one "bucket" per
   cache, with no Python loop over groups or temperatures;
 - the per-group constants (S, lambda, energy) are segment sums over the stacked problems, and under DDP each is one
   collective for all groups (6 per step instead of 7 per group).
+Optional extra negatives with weights (the official code's unconditional negatives for class-conditional training
+with guidance, DRIFTING.md sec. 6) join the targets; without them the field is exactly sec. 1's.
 All kernel maths runs in fp32 without gradient (it is the stopgrad target); keep fp32 matmul precision at
 "highest" (TF32 would blur near neighbours at tau=0.02).
 """
@@ -25,6 +27,8 @@ from torch import Tensor
 from .rules import positive, require
 
 ProcessGroup = dist.ProcessGroup
+# Target weight of the extra negatives: one number, or per group a tensor broadcastable to [L, Nu].
+NegWeight = float | Tensor | Mapping[str, float | Tensor]
 
 # Elements of one affinity chunk [l, n_tau, N, T]: the chunk's few temporaries (~4 MB each) stay in cache, and
 # per-op overhead stays small (measured with `python -m driftin.bench_kernel`). The temporaries live in
@@ -37,6 +41,8 @@ class _Problems(NamedTuple):
     """Feature groups stacked by channel count; bucket b holds the problems of all groups with C = C_b."""
     x: list[Tensor]  # per bucket [L_b, N, C_b] generated features (keep their autograd graph)
     y: list[Tensor]  # per bucket [L_b, Np, C_b] positive features
+    u: list[Tensor]  # per bucket [L_b, Nu, C_b] extra negatives (Nu = 0 without them)
+    w: list[Tensor]  # per bucket [L_b, Nu] the extra negatives' target weights
     gid: Tensor  # [L] group index of every stacked problem, L = sum L_b, bucket-major
     sizes: list[int]  # L_g per group, in group-index order
     names: list[str]  # group names, in group-index order
@@ -44,9 +50,9 @@ class _Problems(NamedTuple):
 
 class _Field(NamedTuple):
     V: list[Tensor]  # per bucket [L_b, N, C_b] combined drift V~ = sum_tau V_tau / lambda_tau, normalised units
-    S: Tensor  # [G] mean target distance per group; x~ = x * sqrt(C) / S
+    S: Tensor  # [G] weighted mean target distance per group, sum(d w) / sum(w); x~ = x * sqrt(C) / S
     lam: Tensor  # [G, n_tau] lambda_tau = RMS of the raw V_tau (normalised units)
-    energy: Tensor  # [G] energy distance (2 E|x-y| - E|x-x'| - E|y-y'|) / S, unbiased; 0 iff matched
+    energy: Tensor  # [G] energy distance (2 E|x-y| - E|x-x'| - E|y-y'|) / S_xy, unbiased; 0 iff matched
 
 
 def _world(group: ProcessGroup | None) -> tuple[int, int]:
@@ -97,7 +103,8 @@ def _cdist(a: Tensor, a_sq: Tensor, b: Tensor, b_sq: Tensor, out: Tensor) -> Ten
     return out.add_(a_sq.unsqueeze(2)).clamp_min_(0).sqrt_()
 
 
-def _stack(gen_feats: Mapping[str, Tensor], pos_feats: Mapping[str, Tensor]) -> _Problems:
+def _stack(gen_feats: Mapping[str, Tensor], pos_feats: Mapping[str, Tensor],
+           neg_feats: Mapping[str, Tensor] | None = None, neg_weight: NegWeight = 1.0) -> _Problems:
     """Group dicts -> problems stacked by C: the one copy of the features the kernel makes."""
     by_c: dict[int, list[str]] = {}
     for name, x in gen_feats.items():
@@ -108,11 +115,54 @@ def _stack(gen_feats: Mapping[str, Tensor], pos_feats: Mapping[str, Tensor]) -> 
     gid = torch.repeat_interleave(torch.arange(len(names), device=device), torch.tensor(sizes, device=device))
     x = [torch.cat([gen_feats[n].float() for n in bucket]) for bucket in by_c.values()]
     y = [torch.cat([pos_feats[n].float() for n in bucket]) for bucket in by_c.values()]
-    return _Problems(x=x, y=y, gid=gid, sizes=sizes, names=names)
+
+    def negatives(n: str) -> Tensor:  # [L, Nu, C]
+        if neg_feats is None:
+            return gen_feats[n].new_zeros(gen_feats[n].shape[0], 0, gen_feats[n].shape[2], dtype=torch.float32)
+        return neg_feats[n].float()
+
+    def weights(n: str, u: Tensor) -> Tensor:  # [L, Nu]
+        w = neg_weight[n] if isinstance(neg_weight, Mapping) else neg_weight
+        return torch.as_tensor(w, dtype=torch.float32, device=device).broadcast_to(u.shape[:2])
+
+    u = [[negatives(n) for n in bucket] for bucket in by_c.values()]
+    w = [torch.cat([weights(n, un) for n, un in zip(bucket, ub)]) for bucket, ub in zip(by_c.values(), u)]
+    return _Problems(x=x, y=y, u=[torch.cat(ub) for ub in u], w=w, gid=gid, sizes=sizes, names=names)
+
+
+def _check_negatives(gen_feats: Mapping[str, Tensor], neg_feats: Mapping[str, Tensor] | None,
+                     neg_weight: NegWeight) -> int:
+    """The extra negatives and their weights against the generated features; returns Nu (0 without them)."""
+    if isinstance(neg_weight, Mapping) and set(neg_weight) != set(gen_feats):
+        raise ValueError(f"neg_weight needs the keys of gen_feats; got {list(neg_weight)} and {list(gen_feats)}")
+    if neg_feats is None:
+        return 0
+    if set(neg_feats) != set(gen_feats):
+        raise ValueError(f"neg_feats needs the keys of gen_feats; got {list(neg_feats)} and {list(gen_feats)}")
+    n_u = {u.shape[1] if u.dim() == 3 else -1 for u in neg_feats.values()}
+    for name, x in gen_feats.items():
+        u = neg_feats[name]
+        if u.dim() != 3 or u.shape[0] != x.shape[0] or u.shape[2] != x.shape[2] or not u.is_floating_point():
+            raise ValueError(f"neg_extra must be floating point [L, Nu, C] with x's L and C; got {u.dtype} "
+                             f"{tuple(u.shape)} for x {tuple(x.shape)} ({name})")
+        w = torch.as_tensor(neg_weight[name] if isinstance(neg_weight, Mapping) else neg_weight)
+        try:
+            ok = torch.broadcast_shapes(w.shape, u.shape[:2]) == u.shape[:2]
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"neg_weight of shape {tuple(w.shape)} does not broadcast to [L, Nu] = "
+                             f"{tuple(u.shape[:2])} ({name})")
+        if not (torch.isfinite(w).all() and (w >= 0).all()):
+            raise ValueError(f"neg_weight must be finite and >= 0 ({name})")
+    if len(n_u) != 1:
+        raise ValueError("all groups' extra negatives must come from one batch: the same Nu rows")
+    return n_u.pop()
 
 
 def _check_inputs(gen_feats: Mapping[str, Tensor], pos_feats: Mapping[str, Tensor], temperatures: Sequence[float],
-                  affinity_floor: float, group: ProcessGroup | None) -> None:
+                  affinity_floor: float, group: ProcessGroup | None, neg_feats: Mapping[str, Tensor] | None = None,
+                  neg_weight: NegWeight = 1.0) -> None:
     if set(gen_feats) != set(pos_feats) or not gen_feats:
         raise ValueError(f"gen_feats and pos_feats need the same non-empty keys; got {list(gen_feats)} "
                          f"and {list(pos_feats)}")
@@ -134,15 +184,16 @@ def _check_inputs(gen_feats: Mapping[str, Tensor], pos_feats: Mapping[str, Tenso
         raise ValueError(f"temperatures must be a non-empty sequence of positive floats; got {temperatures}")
     if affinity_floor < 0:
         raise ValueError(f"affinity_floor must be >= 0; got {affinity_floor}")
+    n_u = _check_negatives(gen_feats, neg_feats, neg_weight)
     world, _ = _world(group)
     if world > 1:
         # Rank-major row indexing (self-exclusion, gathers) needs the same local sizes everywhere.
-        sizes = torch.tensor([N, n_pos], device=gen_feats[first].device)
+        sizes = torch.tensor([N, n_pos, n_u], device=gen_feats[first].device)
         every = [torch.empty_like(sizes) for _ in range(world)]
         dist.all_gather(every, sizes, group=group)
         if any(not torch.equal(s, sizes) for s in every):
             got = [tuple(s.tolist()) for s in every]
-            raise ValueError(f"drift under DDP needs equal local (N, Np) on all ranks; got {got} per rank")
+            raise ValueError(f"drift under DDP needs equal local (N, Np, Nu) on all ranks; got {got} per rank")
 
 
 @torch.no_grad()
@@ -153,10 +204,14 @@ def _field(p: _Problems, temperatures: Sequence[float], *, tau_times_c: bool, af
     device = p.gid.device
     n_groups, n_tau = len(p.sizes), len(temperatures)
     N, n_pos_local = p.x[0].shape[1], p.y[0].shape[1]
-    n_gen, n_pos = N * world, n_pos_local * world
-    T, L = n_pos + n_gen, p.gid.numel()
-    x_all = _all_gather_rows(p.x + p.y, group)  # one collective for every bucket's generated and positive rows
-    x_all, y_all = x_all[:len(p.x)], x_all[len(p.x):]
+    n_gen, n_pos, n_u = N * world, n_pos_local * world, p.u[0].shape[1] * world
+    off = n_pos + n_u  # first generated column: targets are [positives, extra negatives, generated]
+    T, L = off + n_gen, p.gid.numel()
+    # One collective for every bucket's generated, positive and extra negative rows and the negatives' weights.
+    n_b = len(p.x)
+    gathered = _all_gather_rows(p.x + p.y + p.u + [w[..., None] for w in p.w], group)
+    x_all, y_all, u_all = gathered[:n_b], gathered[n_b:2 * n_b], gathered[2 * n_b:3 * n_b]
+    w_all = [w[..., 0] for w in gathered[3 * n_b:]]  # per bucket [L_b, Nu_global]
     buckets, start = [], 0
     for x in p.x:
         buckets.append(slice(start, start + x.shape[0]))
@@ -167,14 +222,14 @@ def _field(p: _Problems, temperatures: Sequence[float], *, tau_times_c: bool, af
     d_yy_sum = torch.empty(L, device=device)
     d_yy_work = torch.empty(_chunk_size(n_pos_local * n_pos) * n_pos_local * n_pos, device=device)
     targets = []
-    for rows, xb, yb in zip(buckets, x_all, y_all):
-        t = torch.cat([yb, xb], dim=1)  # [L_b, T, C] targets: positives, then negatives
-        # Centring is exact for distances and V (W+ and W- rows have equal sums); it keeps the matmul form
-        # accurate. mu comes from gathered targets, so it is the same on every rank.
+    for rows, xb, yb, ub in zip(buckets, x_all, y_all, u_all):
+        t = torch.cat([yb, ub, xb], dim=1)  # [L_b, T, C] targets: positives, then negatives (extra, generated)
+        # Centring is exact for distances and V (W+ and W- rows have equal sums, weights included); it keeps
+        # the matmul form accurate. mu comes from gathered targets, so it is the same on every rank.
         t -= t.mean(dim=1, keepdim=True)
         t_sq = torch.linalg.vector_norm(t, dim=-1) ** 2  # [L_b, T]
         targets.append(t)
-        mine = slice(n_pos + rank * N, n_pos + (rank + 1) * N)  # this rank's x_i are rows of t
+        mine = slice(off + rank * N, off + (rank + 1) * N)  # this rank's x_i are rows of t
         _cdist(t[:, mine], t_sq[:, mine], t, t_sq, out=d[rows])
         # Positive-positive distances serve only the energy-distance statistic (a convergence signal).
         mine = slice(rank * n_pos_local, (rank + 1) * n_pos_local)
@@ -183,19 +238,28 @@ def _field(p: _Problems, temperatures: Sequence[float], *, tau_times_c: bool, af
             _cdist(t[r, mine], t_sq[r, mine], t[r, :n_pos], t_sq[r, :n_pos], out=d_yy)  # [l, Np, Npg]
             d_yy.diagonal(offset=rank * n_pos_local, dim1=1, dim2=2).zero_()
             d_yy_sum[rows.start + r.start:rows.start + r.stop] = d_yy.sum(dim=(1, 2))
-    self_d = d[:, :, n_pos + rank * N:n_pos + (rank + 1) * N].diagonal(dim1=1, dim2=2)  # [L, N] view: x_i vs itself
+    self_d = d[:, :, off + rank * N:off + (rank + 1) * N].diagonal(dim1=1, dim2=2)  # [L, N] view: x_i vs itself
     self_d.zero_()  # exact zeros: S counts the gen-gen diagonal
-    sums = torch.stack([d[..., :n_pos].sum(dim=(1, 2)), d[..., n_pos:].sum(dim=(1, 2)), d_yy_sum], dim=1)
-    sums = _all_reduce(_segment_sum(sums, p.gid, n_groups), dist.ReduceOp.SUM, group)  # [G, 3]: xy, xx, yy
+    w = torch.cat(w_all)  # [L, Nu] weights of the extra negatives (gathered: the same on every rank)
+    d_xu = (d[..., n_pos:off] * w[:, None]).sum(dim=(1, 2))  # [L] weighted distances to the extra negatives
+    sums = torch.stack([d[..., :n_pos].sum(dim=(1, 2)), d[..., off:].sum(dim=(1, 2)), d_yy_sum, d_xu], dim=1)
+    sums = _all_reduce(_segment_sum(sums, p.gid, n_groups), dist.ReduceOp.SUM, group)  # [G, 4]: xy, xx, yy, xu
+    w_sum = _segment_sum(w.sum(dim=1), p.gid, n_groups)  # [G] total extra-negative weight
     self_d.fill_(math.inf)  # self-exclusion from here on: logit -inf, weight exactly 0
     # The column max of the logits is -min_i(d) * scale for every scale: one all-reduce serves all temperatures.
     d_min = _all_reduce(d.amin(dim=1), dist.ReduceOp.MIN, group)  # [L, T]
     d_min = torch.where(torch.isfinite(d_min), d_min, 0.0)  # a column of only self entries (N_global = 1)
 
     size = torch.tensor(p.sizes, device=device, dtype=torch.float32)  # [G] problems per group
-    S = ((sums[:, 0] + sums[:, 1]) / (size * n_gen * T)).clamp_min(torch.finfo(torch.float32).tiny)  # [G]
+    tiny = torch.finfo(torch.float32).tiny
+    # S = sum(d w) / sum(w) over all (x_i, target) pairs; positives and generated targets weigh 1. Without extra
+    # negatives the added terms are exact zeros, so S is bit for bit the unweighted mean distance.
+    S_xy = ((sums[:, 0] + sums[:, 1]) / (size * n_gen * (n_pos + n_gen))).clamp_min(tiny)  # [G]
+    S = ((sums[:, 0] + sums[:, 1] + sums[:, 3]) / (size * n_gen * (n_pos + n_gen) + n_gen * w_sum)).clamp_min(tiny)
+    # The energy is scaled by the unweighted S_xy: the extra negatives' weights (e.g. a guidance alpha drawn per
+    # step) must not move the convergence signal.
     energy = (2 * sums[:, 0] / (size * n_gen * n_pos) - sums[:, 1] / (size * n_gen * (n_gen - 1))
-              - sums[:, 2] / (size * n_pos * (n_pos - 1))) / S  # nan when N_global or Np_global is 1
+              - sums[:, 2] / (size * n_pos * (n_pos - 1))) / S_xy  # nan when N_global or Np_global is 1
     C = torch.cat([torch.full((rows.stop - rows.start,), float(t.shape[-1]), device=device)
                    for rows, t in zip(buckets, targets)])  # [L] channels of each problem
     # l = -d / (S tau) = -d~ / (tau sqrt(C)); the seed's ablation divides d~ by tau*C instead.
@@ -244,10 +308,12 @@ def _field(p: _Problems, temperatures: Sequence[float], *, tau_times_c: bool, af
             if affinity_floor > 0:  # the floor acts on A itself: fold the row scale in first
                 B = B.mul_(rs).clamp_min_(affinity_floor)
                 rs = torch.ones_like(rs)
+            if n_u:  # target weights scale A's columns after normalisation and floor, before cross-weighting
+                B[..., n_pos:off] *= w[r, None, None]
             # Self weight exactly 0 (also clears the NaN of all-self columns, N_global = 1).
-            B[..., n_pos + rank * N:n_pos + (rank + 1) * N].diagonal(dim1=-2, dim2=-1).zero_()
+            B[..., off + rank * N:off + (rank + 1) * N].diagonal(dim1=-2, dim2=-1).zero_()
             B = B.view(l, n_tau * N, T)
-            B_pos, B_neg = B[..., :n_pos], B[..., n_pos:]  # [l, n_tau*N, Npg], [l, n_tau*N, Ng]
+            B_pos, B_neg = B[..., :n_pos], B[..., n_pos:]  # [l, n_tau*N, Npg], [l, n_tau*N, Nu + Ng]
             tb = t[r.start - rows.start:r.stop - rows.start]  # [l, T, C]
             # Cross-weighting W+ = A+ * sum(A-), W- = A- * sum(A+), applied after the matmuls as row scales:
             # V_i = rs_i^2 (sum(B-)_i (B+ y)_i - sum(B+)_i (B- x)_i).
@@ -270,38 +336,53 @@ def _field(p: _Problems, temperatures: Sequence[float], *, tau_times_c: bool, af
 
 
 def compute_drift(x: Tensor, y_pos: Tensor, temperatures: Sequence[float] = (0.02, 0.05, 0.2), *,
-                  tau_times_c: bool = False, affinity_floor: float = 0.0,
-                  group: ProcessGroup | None = None) -> Tensor:
+                  neg_extra: Tensor | None = None, neg_weight: float | Tensor = 1.0, tau_times_c: bool = False,
+                  affinity_floor: float = 0.0, group: ProcessGroup | None = None) -> Tensor:
     """Combined drift V~ [L, N, C] (fp32, normalised units) of generated x [L, N, C] towards y_pos [L, Np, C].
 
     Each of the L problems has targets concat(y_pos, x); x doubles as the negatives, each x_i excluded
     against itself. S (mean distance) and lambda_tau (RMS of V_tau) are shared by the L problems.
 
+    neg_extra: [L, Nu, C] extra negatives (the official code's unconditional real negatives for guidance,
+        DRIFTING.md sec. 6), targets next to x, each with target weight `neg_weight` (a number, or a tensor
+        broadcastable to [L, Nu], e.g. [L, 1] for one weight per problem; >= 0). Positives and generated targets
+        weigh 1. S becomes the weighted mean distance sum(d w) / sum(w) over (x_i, target) pairs; the logits and
+        both softmaxes are unweighted (the row softmax runs over all targets, extra negatives included); A's
+        columns are then multiplied by their weights before the cross-weighting, so the extra negatives enter
+        sum(A-) and repel with their weight. None (or Nu = 0) is exactly the unweighted field.
+
     tau_times_c: ablation reproducing the seed's bug, logits -d~ / (tau * C) instead of -d~ / (tau * sqrt(C)).
     affinity_floor: the official code's floor, A_ij = max(A_ij, floor) for every entry but the self entry
         (which stays exactly 0), applied after the doubly-normalised A and before cross-weighting; the official
         value is 1e-3 (it clamps the softmax product at 1e-6). 0 disables it.
-    group: process group; x and y_pos are then this rank's rows (equal sizes on all ranks) and every problem
-        spans the global batch: same field as one process on the concatenated (rank-major) batch.
+    group: process group; x, y_pos and neg_extra (with its weights) are then this rank's rows (equal sizes on all
+        ranks) and every problem spans the global batch: same field as one process on the concatenated
+        (rank-major) batch. Extra negatives shared by all ranks are passed as one 1/W share per rank.
     """
     feats = {"x": x.detach()}, {"x": y_pos.detach()}
-    _check_inputs(*feats, temperatures, affinity_floor, group)
-    return _field(_stack(*feats), temperatures, tau_times_c=tau_times_c, affinity_floor=affinity_floor,
-                  group=group).V[0]
+    neg = None if neg_extra is None else {"x": neg_extra.detach()}
+    _check_inputs(*feats, temperatures, affinity_floor, group, neg, neg_weight)
+    return _field(_stack(*feats, neg, neg_weight), temperatures, tau_times_c=tau_times_c,
+                  affinity_floor=affinity_floor, group=group).V[0]
 
 
 def drift_loss(gen_feats: Mapping[str, Tensor], pos_feats: Mapping[str, Tensor],
-               temperatures: Sequence[float] = (0.02, 0.05, 0.2), *, tau_times_c: bool = False,
-               affinity_floor: float = 0.0, group: ProcessGroup | None = None) -> tuple[Tensor, dict[str, float]]:
-    """Summed drifting loss over feature groups, and stats. All groups must come from one batch (same N, Np).
+               temperatures: Sequence[float] = (0.02, 0.05, 0.2), *, neg_feats: Mapping[str, Tensor] | None = None,
+               neg_weight: NegWeight = 1.0, tau_times_c: bool = False, affinity_floor: float = 0.0,
+               group: ProcessGroup | None = None) -> tuple[Tensor, dict[str, float]]:
+    """Summed drifting loss over feature groups, and stats. All groups must come from one batch (same N, Np, Nu).
 
     Per group [L, N, C]: mean((x~ - stopgrad(x~ + V~))^2) with x~ = x sqrt(C) / S, S constant; the gradient
     -2 V~ sqrt(C) / S / numel reaches gen_feats only. Under `group` the loss is the local mean, so DDP's gradient
     averaging over W ranks gives the one-process gradient of the global batch; every rank must pass the same
     keys in the same order.
 
+    neg_feats: per group [L, Nu, C] extra negatives, weighted by `neg_weight` (one number for all groups, or per
+    group a tensor broadcastable to [L, Nu]); see compute_drift. S is then the weighted mean distance.
+
     Stats (floats; `loss` summed over groups, `energy` and `drift_norm` averaged):
-    - `energy`, `energy/<name>`: energy distance (2 E|x-y| - E|x-x'| - E|y-y'|) / S over the global batch,
+    - `energy`, `energy/<name>`: energy distance (2 E|x-y| - E|x-x'| - E|y-y'|) / S_xy over the global batch
+      (S_xy: the mean distance over positives and generated only, so extra negatives leave it alone),
       unbiased, ~0 when generated matches real and growing with any mismatch: the convergence signal
       (nan when the global batch has a single generated or positive row).
     - `drift_norm`, `drift_norm/<name>`: lambda_tau (RMS of the raw drift, normalised units) averaged over
@@ -309,10 +390,10 @@ def drift_loss(gen_feats: Mapping[str, Tensor], pos_feats: Mapping[str, Tensor],
       the small-tau kernels see only negatives and the field vanishes, so read it only near convergence.
     - `loss`, `loss/<name>`: this rank's loss; ~constant, no convergence signal.
     """
-    _check_inputs(gen_feats, pos_feats, temperatures, affinity_floor, group)
-    p = _stack(gen_feats, pos_feats)
-    field = _field(p._replace(x=[x.detach() for x in p.x], y=[y.detach() for y in p.y]), temperatures,
-                   tau_times_c=tau_times_c, affinity_floor=affinity_floor, group=group)
+    _check_inputs(gen_feats, pos_feats, temperatures, affinity_floor, group, neg_feats, neg_weight)
+    p = _stack(gen_feats, pos_feats, neg_feats, neg_weight)
+    field = _field(p._replace(x=[x.detach() for x in p.x], y=[y.detach() for y in p.y], u=[u.detach() for u in p.u]),
+                   temperatures, tau_times_c=tau_times_c, affinity_floor=affinity_floor, group=group)
     start, per_problem = 0, []
     for x, V in zip(p.x, field.V):
         gid = p.gid[start:start + x.shape[0]]

@@ -48,14 +48,32 @@ def load_generator(path: str | Path, device: torch.device, *, weights: str = "em
     return model.to(device).eval().requires_grad_(False), record
 
 
-def sampler(kind: str, model: nn.Module, ddim_steps: int = 50) -> Callable[[torch.Tensor], torch.Tensor]:
-    """noise [B,3,H,W] -> images in [-1, 1], for either generator."""
+def sampler(kind: str, model: nn.Module, ddim_steps: int = 50, *, guidance: float = 1.0,
+            alpha: float | None = None) -> Callable[..., torch.Tensor]:
+    """sample(noise [B,3,H,W], labels=None) -> images in [-1, 1], for either generator.
+
+    labels [B] (long, 0..K; K the null label) go with each call, so batches of fixed noise take the labels of
+    their own samples; None is the unconditional model (or, for a class-conditional net, the null label).
+    ddpm: `guidance` is the classifier-free guidance scale of DDIM (ddpm.ddim_nfe evaluations per sample).
+    drift: one network evaluation at guidance strength `alpha` (a generator trained with alpha_cond; None: the
+    network's default, 1), no conditional/unconditional extrapolation, as the official code samples.
+    """
     if kind == "ddpm":
-        return lambda x_T: ddim_sample(model, x_T, num_steps=ddim_steps)
+        def ddim(x_T: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+            null_label = model.null_label if labels is not None and guidance != 1.0 else None
+            return ddim_sample(model, x_T, num_steps=ddim_steps, labels=labels, guidance=guidance,
+                               null_label=null_label)
+        return ddim
     if kind == "drift":
-        def one_step(z: torch.Tensor) -> torch.Tensor:
+        if guidance != 1.0:
+            raise ValueError(f"the drifting generator has no guidance extrapolation (got guidance {guidance}); "
+                             "its guidance strength is the network input alpha")
+
+        def one_step(z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
             t = torch.full((z.shape[0],), DRIFT_T, dtype=torch.long, device=z.device)
-            return model(z, t).clamp(-1, 1)
+            if labels is None and alpha is None:
+                return model(z, t).clamp(-1, 1)
+            return model(z, t, labels, alpha).clamp(-1, 1)
         return one_step
     raise ValueError(f"unknown generator kind {kind!r}; expected one of {KINDS}")
 

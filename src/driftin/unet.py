@@ -1,9 +1,13 @@
-"""The shared, objective-agnostic UNet: `UNet(x, t) -> x'`.
+"""The shared, objective-agnostic UNet: `UNet(x, t) -> x'`, optionally `UNet(x, t, labels, alpha)`.
 
 Architecture of the DDPM CIFAR-10 UNet (Ho et al. 2020) with the improved-DDPM conditioning (Nichol & Dhariwal
 2021): each residual block applies adaptive GroupNorm, `GroupNorm(h) * (1 + scale) + shift`, with `scale, shift`
 projected from the timestep embedding. The network knows nothing about noise: DDPM feeds it (x_t, t) and reads
 epsilon; the drifting generator feeds it (noise, t) and reads an image.
+
+Class conditioning (num_classes = K > 0) adds a label embedding of K + 1 rows to the time embedding, as DiT does;
+row K is the null label that classifier-free guidance trains and samples with. The drifting generator's guidance
+strength alpha (DRIFTING.md sec. 6) can be a further input, embedded and added to the class embedding.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ class UNetConfig:
     # a zero last conv makes every sample identical, so the kernel drift sees one point (DRIFTING.md sec. 4).
     zero_init_out: bool = False
     norm_groups: int = 32
+    # 0: unconditional (no label embedding, the state dict of every model file so far). K > 0: labels 0..K-1
+    # plus the null label K.
+    num_classes: int = 0
+    # Embed a per-sample guidance strength alpha (the drifting generator's CFG input); needs num_classes > 0.
+    alpha_cond: bool = False
 
 
 UNET_PRESETS: dict[str, UNetConfig] = {
@@ -124,6 +133,11 @@ class UNet(nn.Module):
         ch, groups, emb_dim = config.ch, config.norm_groups, 4 * config.ch
 
         self.emb = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if config.num_classes:
+            self.label_emb = nn.Embedding(config.num_classes + 1, emb_dim)
+            nn.init.normal_(self.label_emb.weight, std=0.02)  # DiT's init: labels start as a small perturbation
+        if config.alpha_cond:
+            self.alpha_emb = nn.Linear(ch, emb_dim)
         self.conv_in = nn.Conv2d(IMAGE_CHANNELS, ch, 3, padding=1)
 
         def level(in_ch: int, out_ch: int, res: int) -> nn.ModuleList:
@@ -175,8 +189,41 @@ class UNet(nn.Module):
             h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
         return h
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    @property
+    def null_label(self) -> int:
+        """The label index of "no class" (classifier-free guidance's unconditional input)."""
+        if not self.config.num_classes:
+            raise ValueError("an unconditional UNet (num_classes = 0) has no null label")
+        return self.config.num_classes
+
+    def _condition(self, labels: Tensor | None, alpha: Tensor | float | None, like: Tensor) -> Tensor | None:
+        """Class (+ alpha) embedding (B, 4ch) to add to the time embedding; None for an unconditional net."""
+        cfg = self.config
+        if not cfg.num_classes:
+            if labels is not None or alpha is not None:
+                raise ValueError("this UNet is unconditional (num_classes = 0): it takes no labels or alpha")
+            return None
+        B = like.shape[0]
+        if labels is None:
+            labels = torch.full((B,), cfg.num_classes, dtype=torch.long, device=like.device)
+        c = self.label_emb(labels)  # (B, 4ch)
+        if cfg.alpha_cond:
+            # alpha = 1 is the unguided generator (the official code draws alpha from [1, 4]).
+            alpha = torch.as_tensor(1.0 if alpha is None else alpha, dtype=torch.float32, device=like.device)
+            # The official code scales the alpha embedding by 0.02, next to a label table of std 0.02.
+            c = c + 0.02 * self.alpha_emb(timestep_embedding(alpha.expand(B), cfg.ch).to(c.dtype))
+        elif alpha is not None:
+            raise ValueError("this UNet has no alpha input (alpha_cond = False)")
+        return c.to(like.dtype)
+
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None,
+                alpha: Tensor | float | None = None) -> Tensor:
+        """x [B, 3, H, W], t [B]; labels [B] long in 0..K (K = null label; None: all null) and alpha (a number
+        or [B]; None: 1) only for a conditional net."""
         emb = self.emb(timestep_embedding(t, self.config.ch).to(x.dtype))  # (B, 4ch)
+        cond = self._condition(labels, alpha, emb)
+        if cond is not None:
+            emb = emb + cond  # (B, 4ch)
         h = self.conv_in(x)  # (B, ch, H, W)
         skips = [h]
         for block in self.down:
@@ -203,6 +250,10 @@ def _validate(config: UNetConfig, image_size: int) -> None:
         )
     if config.ch % config.norm_groups:  # every width, skip concatenations included, is a multiple of ch
         raise ValueError(f"ch {config.ch} not divisible by norm_groups {config.norm_groups}")
+    if config.num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0 (0: unconditional), got {config.num_classes}")
+    if config.alpha_cond and not config.num_classes:
+        raise ValueError("alpha_cond needs a class-conditional UNet (num_classes > 0)")
 
 
 def validate(unet, image_size: int) -> None:
