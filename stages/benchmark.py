@@ -1,11 +1,10 @@
 """Stage `benchmark`: inference speed of the same UNet as DDPM (DDIM, benchmark.ddim_steps) and as the one-step
 drift generator, across execution modes and batch sizes. Compile time is measured separately, never timed in."""
 from driftin import cli
-from driftin.benchmark import benchmark_matrix, device_info, fixed_noise, one_step_sampler, summarize
+from driftin.benchmark import benchmark_matrix, ddim_sampler, device_info, fixed_noise, one_step_sampler, summarize
 from driftin.config import load_params
-from driftin.ddpm import ddim_sample
 from driftin.files import write_csv, write_json
-from driftin.generators import DRIFT_T, load_generator
+from driftin.generators import DRIFT_T, load_generator, num_classes
 from driftin.runtime import configure_threads, resolve_device
 
 
@@ -19,15 +18,15 @@ def main() -> None:
     b = params.benchmark
     configure_threads()
     device = resolve_device(params.device)
-    samplers = {
-        "ddpm": lambda m, x_T: ddim_sample(m, x_T, num_steps=b.ddim_steps),
-        "drift": one_step_sampler(DRIFT_T),
-    }
+    ev = params.evaluate
     rows = []
-    for kind, sample in samplers.items():
-        # Each generator runs with its own trained weights (same architecture, so the same cost per call).
+    for kind in ("ddpm", "drift"):
+        # Each generator runs with its own trained weights (same architecture, so the same cost per call), and
+        # with the guidance its samples were drawn with: CFG's second evaluation per DDIM step is timed too.
         model, record = load_generator(f"{args.models}/{kind}.pt", device)
-        size = record["image_size"]
+        size, k = record["image_size"], num_classes(record)
+        sample = (ddim_sampler(b.ddim_steps, k, ev.guidance.ddpm) if kind == "ddpm"
+                  else one_step_sampler(DRIFT_T, k, ev.guidance.drift))
         rows += benchmark_matrix(model, {kind: sample}, make_noise=fixed_noise((3, size, size), params.seed),
                                  modes=b.modes, batch_sizes=b.batch_sizes, repeats=b.repeats, warmup=b.warmup,
                                  device=device)

@@ -8,7 +8,7 @@ import torch
 from driftin import cli
 from driftin.config import load_params
 from driftin.encoders import build_encoder
-from driftin.feature_cache import encode, encoder_kwargs, positives_timing, with_flips
+from driftin.feature_cache import balanced_subset, encode, encoder_kwargs, positives_timing, with_flips
 from driftin.features import feature_groups
 from driftin.files import load_npz, torch_save, write_json
 from driftin.mae import pretrain_mae
@@ -26,7 +26,8 @@ def main() -> None:
     configure_threads()
     device = resolve_device(params.device)
     seed_everything(params.seed)
-    images = torch.from_numpy(load_npz(args.data)["images"])
+    data = load_npz(args.data)
+    images = torch.from_numpy(data["images"])
 
     mae_state, mae_record = None, {}
     if params.encoder == "mae" and params.data.dataset == "shapes":
@@ -41,9 +42,10 @@ def main() -> None:
     encoder = build_encoder(params.encoder, image_size=params.data.image_size,
                             **encoder_kwargs(params, mae_state)).to(device)
 
-    # A fixed random subset of the training set, with mirror images, stands in for the data distribution.
+    # A fixed random subset of the training set, with mirror images, stands in for the data distribution; balanced
+    # over classes, so conditional training finds positives of every class.
     gen = torch.Generator().manual_seed(params.seed)
-    subset = torch.randperm(len(images), generator=gen)[: params.encoders.cache_images]
+    subset = balanced_subset(torch.from_numpy(data["labels"]), params.encoders.cache_images, gen)
     real = with_flips(images[subset])
     t0 = time.perf_counter()
     maps = encode(encoder, real, 256, device)
@@ -51,7 +53,10 @@ def main() -> None:
     timing = positives_timing(encoder, real, maps, params.drift.positives, device, gen)
 
     torch_save(f"{args.out}/encoder.pt", {"name": params.encoder, "mae_state": mae_state})
-    torch_save(f"{args.out}/real.pt", {"maps": maps, "subset": subset})
+    # Labels of the cached images (and flips), so conditional drift training draws each class's positives.
+    labels = torch.from_numpy(data["labels"])[subset]
+    torch_save(f"{args.out}/real.pt", {"maps": maps, "subset": subset, "labels": torch.cat([labels, labels]),
+                                       "class_names": [str(c) for c in data["class_names"]]})
     groups = feature_groups([m[:2].float() for m in maps])
     write_json(args.metrics, {
         "encoder": params.encoder,

@@ -10,23 +10,34 @@ from driftin import cli
 from driftin.config import load_params
 from driftin.ddpm import ddim_sample
 from driftin.files import atomic_path, load_npz, read_json
-from driftin.generators import fixed_noise, load_generator, sampler, to_uint8
-from driftin.render import (batch_gif, comparison_grid, plot_benchmark, plot_fid, plot_training_curves,
-                            speed_gif)
+from driftin.generators import class_labels, fixed_noise, load_generator, num_classes, sampler, to_uint8
+from driftin.render import (batch_gif, class_grid, comparison_grid, per_class, plot_benchmark, plot_fid,
+                            plot_training_curves, speed_gif)
 from driftin.runtime import configure_threads, resolve_device
 
 
 @torch.no_grad()
-def ddim_frames(model, x_T: torch.Tensor, steps: int) -> list[np.ndarray]:
+def ddim_frames(model, x_T: torch.Tensor, steps: int, labels: torch.Tensor | None = None,
+                guidance: float = 1.0) -> list[np.ndarray]:
     """The DDIM trajectory as images: x_t as each step sees it, then the final x_0 (one frame per step)."""
     seen = []
 
-    def recording_model(x_t, t):
-        seen.append(to_uint8(x_t)[0])
-        return model(x_t, t)
+    def recording_model(x_t, t, *cond):
+        seen.append(to_uint8(x_t)[0])  # under guidance row 0 is the conditional copy of x_t
+        return model(x_t, t, *cond)
 
-    x0 = ddim_sample(recording_model, x_T, num_steps=steps)
+    null = model.null_label if labels is not None and guidance != 1 else None
+    x0 = ddim_sample(recording_model, x_T, num_steps=steps, labels=labels, guidance=guidance, null_label=null)
     return seen[1:] + [to_uint8(x0)[0]]
+
+
+def grid_titles(kind: str, nfe: int, metrics: dict) -> str:
+    """A grid column's title: the sampler, its network evaluations per sample and its guidance."""
+    if kind == "ddpm":
+        w = metrics.get("guidance")
+        return f"DDPM: {nfe} NFE" + ("" if w is None else f", CFG w={w:g}")
+    a = metrics.get("alpha")
+    return f"Drifting: {nfe} NFE" + ("" if a is None else f", alpha={a:g}")
 
 
 def fastest_batch1(latencies: dict[str, float]) -> float:
@@ -51,28 +62,44 @@ def main() -> None:
     device = resolve_device(params.device)
     out = Path(args.out)
     n = params.render.grid_samples
-    samples = {kind: load_npz(f"{args.samples}/{kind}.npz")["images"] for kind in ("ddpm", "drift")}
-    # The network evaluations the sample stage used for these images (the speed GIF uses the benchmark's).
-    nfe = {kind: read_json(f"{args.sample_metrics}/sample_{kind}.json")["nfe"] for kind in ("ddpm", "drift")}
+    npz = {kind: load_npz(f"{args.samples}/{kind}.npz") for kind in ("ddpm", "drift")}
+    samples = {kind: z["images"] for kind, z in npz.items()}
+    # The network evaluations and guidance the sample stage used for these images (the speed GIF uses the
+    # benchmark's timings).
+    sample_meta = {kind: read_json(f"{args.sample_metrics}/sample_{kind}.json") for kind in ("ddpm", "drift")}
+    nfe = {kind: m["nfe"] for kind, m in sample_meta.items()}
+    ddpm_model, ddpm_record = load_generator(f"{args.models}/ddpm.pt", device)
+    drift_model, drift_record = load_generator(f"{args.models}/drift.pt", device)
+    k = num_classes(drift_record)
+    if num_classes(ddpm_record) != k:
+        raise ValueError(f"{args.models}: ddpm.pt has {num_classes(ddpm_record)} classes and drift.pt {k}: "
+                         "re-run both trainings with the same `conditional`")
 
     size = samples["ddpm"].shape[1]
     scale = max(2, 64 // size)  # small images need more magnification to be seen
-    grid = comparison_grid({k: v[:n] for k, v in samples.items()}, scale=scale,
-                           labels={"ddpm": f"DDPM ({nfe['ddpm']} DDIM steps)",
-                                   "drift": f"Drifting ({nfe['drift']} step{'s' if nfe['drift'] > 1 else ''})"})
+    titles = {kind: grid_titles(kind, nfe[kind], sample_meta[kind]) for kind in samples}
+    if k:  # one row per class, the models side by side on the same noise
+        m = params.render.columns_per_class
+        grid = class_grid({titles[kind]: per_class(samples[kind], npz[kind]["labels"], k, m) for kind in samples},
+                          drift_record["meta"]["class_names"], scale=scale)
+    else:
+        grid = comparison_grid({kind: v[:n] for kind, v in samples.items()}, scale=scale, labels=titles)
     with atomic_path(out / "grid.png") as tmp:
         grid.save(tmp, format="PNG")
 
     bench = read_json(args.benchmark)
     lat = bench["latency_ms_batch1"]
     ddpm_s, drift_s = fastest_batch1(lat["ddpm"]), fastest_batch1(lat["drift"])
-    ddpm_model, _ = load_generator(f"{args.models}/ddpm.pt", device)
-    drift_model, _ = load_generator(f"{args.models}/drift.pt", device)
     z = fixed_noise([0], (3, size, size), params.seed).to(device)
-    frames = ddim_frames(ddpm_model, z, bench["ddim_steps"])
-    speed_gif(frames, to_uint8(sampler("drift", drift_model)(z))[0], ddpm_latency_s=ddpm_s,
+    lab = class_labels([0], k)
+    lab = None if lab is None else lab.to(device)
+    w = sample_meta["ddpm"].get("guidance", 1.0)
+    frames = ddim_frames(ddpm_model, z, bench["ddim_steps"], lab, w)
+    drift_img = sampler("drift", drift_model, alpha=sample_meta["drift"].get("alpha"))(z, lab)
+    speed_gif(frames, to_uint8(drift_img)[0], ddpm_latency_s=ddpm_s,
               drift_latency_s=drift_s, path=out / "speed.gif", noise_image=to_uint8(z.clamp(-1, 1))[0],
-              titles=(f"DDPM (DDIM, {bench['ddim_steps']} steps)", "Drifting (1 step)"),
+              titles=(f"DDPM (DDIM, {bench['ddim_steps']} steps{'' if w == 1 else f', CFG w={w:g}'})",
+                      "Drifting (1 step)"),
               device_label=f"{bench['device']['device_name']}, batch 1", size=192)
 
     per_frame = n

@@ -1,5 +1,6 @@
 """Stage `sample@<model>`: evaluate.num_samples images from one trained generator (EMA weights), sample i always
-from the same fixed noise, so both models are compared on identical inputs."""
+from the same fixed noise (and, for a conditional generator, of class i mod K), so both models are compared on
+identical inputs. Conditional generators sample with evaluate.guidance.<model> (CFG scale / alpha)."""
 import time
 
 import torch
@@ -8,7 +9,7 @@ from driftin import cli
 from driftin.benchmark import count_nfe
 from driftin.config import load_params
 from driftin.files import save_npz, write_json
-from driftin.generators import fixed_noise, generate, load_generator, sampler
+from driftin.generators import class_labels, fixed_noise, generate, guidance_for, load_generator, num_classes, sampler
 from driftin.runtime import configure_threads, resolve_device
 
 
@@ -23,24 +24,30 @@ def main() -> None:
     configure_threads()
     device = resolve_device(params.device)
     model, record = load_generator(args.generator, device)
-    kind, size = record["kind"], record["image_size"]
+    kind, size, k = record["kind"], record["image_size"], num_classes(record)
     # NHWC: oneDNN's convolutions ran DDIM-50 ~1.2x faster on 2 CPU cores (tensor cores want it on GPUs too).
     model = model.to(memory_format=torch.channels_last)
-    sample_nchw = sampler(kind, model, ev.ddim_steps)
+    guidance = guidance_for(kind, k, ev.guidance)
+    sample_nchw = sampler(kind, model, ev.ddim_steps, **guidance)
 
-    def sample(z: torch.Tensor) -> torch.Tensor:
-        return sample_nchw(z.contiguous(memory_format=torch.channels_last))
+    def sample(z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return sample_nchw(z.contiguous(memory_format=torch.channels_last), labels)
 
     t0 = time.perf_counter()
     images = generate(sample, ev.num_samples, image_size=size, seed=params.seed, batch_size=ev.batch_size,
-                      device=device, desc=f"sample {kind}")
+                      device=device, desc=f"sample {kind}", num_classes=k)
     seconds = time.perf_counter() - t0
-    save_npz(args.out, images=images)
+    labels = class_labels(range(ev.num_samples), k)
+    # The requested classes go with the images: fid measures recognisability against them.
+    save_npz(args.out, images=images, **({} if labels is None else {"labels": labels.numpy()}))
     # Network evaluations per sample, counted on one sample rather than assumed: render and the README label
     # these samples with it.
-    nfe = count_nfe(model, lambda _, z: sample(z), fixed_noise([0], (3, size, size), params.seed).to(device))
+    lab0 = class_labels([0], k)
+    nfe = count_nfe(model, lambda _, z: sample(z, None if lab0 is None else lab0.to(device)),
+                    fixed_noise([0], (3, size, size), params.seed).to(device))
     write_json(args.metrics, {
         "num_samples": int(len(images)), "seconds": round(seconds, 2), "nfe": nfe,
+        "conditional": bool(k), **guidance,
     })
     print(f"sample {kind}: {len(images)} images in {seconds:.1f} s")
 

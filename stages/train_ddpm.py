@@ -4,6 +4,7 @@ from pathlib import Path
 import torch
 
 from driftin import cli
+from driftin.conditioning import check_classes
 from driftin.config import as_dict, load_params
 from driftin.files import load_npz
 from driftin.objectives import ddpm_objective
@@ -25,15 +26,21 @@ def main() -> None:
     info, device = init_distributed(params.device)
     seed_everything(params.seed + info.rank)
 
-    images = torch.from_numpy(load_npz(args.data)["images"])
-    overrides = {"dropout": params.unet.dropout}
+    data = load_npz(args.data)
+    images = torch.from_numpy(data["images"])
+    # Conditional: labels 0..K-1 plus the null label K, dropped for a share p_uncond of each batch.
+    k = check_classes(params.conditional, data["class_names"], None, args.data)
+    overrides = {"dropout": params.unet.dropout, "num_classes": k}
     model = build_unet(params.unet.preset, params.data.image_size, **overrides)
-    loss_fn = ddpm_objective(images, cfg.batch_size // info.world_size, device)
+    loss_fn = ddpm_objective(images, cfg.batch_size // info.world_size, device,
+                             labels=torch.from_numpy(data["labels"]) if k else None, p_uncond=cfg.p_uncond)
     run_training(kind="ddpm", script=Path(__file__), params=params, cfg=cfg, model=model,
                  unet_overrides=overrides, loss_fn=loss_fn,
-                 identity={"seed": params.seed, "unet": as_dict(params.unet), "ddpm": as_dict(cfg)},
+                 identity={"seed": params.seed, "conditional": params.conditional, "unet": as_dict(params.unet),
+                           "ddpm": as_dict(cfg)},
                  inputs=[Path(args.data)], out=args.out, metrics=args.metrics, plot=args.plot, info=info,
-                 device=device, log_every=max(1, cfg.steps // 200))
+                 device=device, log_every=max(1, cfg.steps // 200),
+                 class_names=[str(c) for c in data["class_names"]] if k else None)
 
 
 if __name__ == "__main__":

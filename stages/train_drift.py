@@ -5,10 +5,11 @@ from pathlib import Path
 import torch
 
 from driftin import cli
+from driftin.conditioning import check_classes
 from driftin.config import ConfigError, as_dict, load_params
 from driftin.encoders import build_encoder
 from driftin.feature_cache import encoder_kwargs
-from driftin.objectives import drift_objective
+from driftin.objectives import conditional_drift_objective, drift_objective
 from driftin.runtime import configure_threads, init_distributed, seed_everything
 from driftin.training_stage import run_training
 from driftin.unet import build_unet
@@ -39,23 +40,36 @@ def main() -> None:
     encoder = encoder.to(device, memory_format=torch.channels_last)  # see objectives.drift_objective
     # Memory-mapped: each step reads only the rows it draws, and DDP ranks on one machine share the OS page cache
     # instead of each holding the whole cache (~20 GB at paper scale with DINOv2).
-    real_maps = torch.load(feats / "real.pt", map_location="cpu", weights_only=True, mmap=True)["maps"]
+    real = torch.load(feats / "real.pt", map_location="cpu", weights_only=True, mmap=True)
+    cond = cfg.conditioning
+    if params.conditional and "labels" not in real:
+        raise ConfigError(f"{feats / 'real.pt'} has no labels (written by an older cache_features): run `dvc repro`")
+    k = check_classes(params.conditional, real.get("class_names", ()), cond.labels_per_step, str(feats / "real.pt"))
 
     # The generator must not start from a constant output (every sample equal): keep the default init.
-    overrides = {"dropout": params.unet.dropout}
+    # Conditional: a class label (and null label) plus the guidance strength alpha as inputs.
+    overrides = {"dropout": params.unet.dropout, "num_classes": k, "alpha_cond": bool(k)}
     model = build_unet(params.unet.preset, params.data.image_size, **overrides)
     world = info.world_size
-    loss_fn = drift_objective(
-        encoder, real_maps, batch_size=cfg.batch_size // world, positives=cfg.positives // world,
-        image_size=params.data.image_size, temperatures=cfg.temperatures,
-        drift_kwargs={"tau_times_c": cfg.tau_times_c, "affinity_floor": cfg.affinity_floor},
-        group=info.group, device=device)
+    common = dict(image_size=params.data.image_size, temperatures=cfg.temperatures,
+                  drift_kwargs={"tau_times_c": cfg.tau_times_c, "affinity_floor": cfg.affinity_floor},
+                  group=info.group, device=device)
+    if k:
+        loss_fn = conditional_drift_objective(
+            encoder, real["maps"], real["labels"], num_classes=k, labels_per_step=cond.labels_per_step,
+            batch_size=cfg.batch_size // world, positives=cfg.positives // world, negatives=cond.negatives,
+            alpha_range=(1.0, cond.alpha_max), alpha_power=cond.alpha_power, world_size=world, **common)
+    else:
+        loss_fn = drift_objective(encoder, real["maps"], batch_size=cfg.batch_size // world,
+                                  positives=cfg.positives // world, **common)
     run_training(kind="drift", script=Path(__file__), params=params, cfg=cfg, model=model,
                  unet_overrides=overrides, loss_fn=loss_fn,
-                 identity={"seed": params.seed, "encoder": params.encoder, "unet": as_dict(params.unet),
+                 identity={"seed": params.seed, "encoder": params.encoder, "conditional": params.conditional,
+                           "unet": as_dict(params.unet),
                            "drift": as_dict(cfg)},
                  inputs=[feats / "encoder.pt", feats / "real.pt"], out=args.out, metrics=args.metrics,
                  plot=args.plot, info=info, device=device, log_every=max(1, cfg.steps // 200),
+                 class_names=list(real["class_names"]) if k else None,
                  extra_metrics={"encoder": params.encoder})
 
 

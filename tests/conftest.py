@@ -19,15 +19,18 @@ BIN = Path(sys.executable).parent
 
 # Seconds, not minutes: every stage runs for real on tiny sizes.
 MICRO = {
+    "conditional": True,  # the class-conditional path end to end (the paper-scale dry run covers the other)
     "data": {"image_size": 16, "train_samples": 200, "test_samples": 40},
     "unet": {"preset": "tiny"},
     "ddpm": {"steps": 6, "batch_size": 8, "warmup": 2, "checkpoint_every": 2},
-    "drift": {"steps": 4, "batch_size": 8, "positives": 16, "warmup": 2, "checkpoint_every": 2},
+    "drift": {"steps": 4, "batch_size": 8, "positives": 16, "warmup": 2, "checkpoint_every": 2,
+              "conditioning": {"labels_per_step": 4, "negatives": 4}},
     "encoders": {"cache_images": 32, "mae": {"steps": 3, "batch_size": 16, "train_images": 64, "heldout_images": 16}},
-    "evaluate": {"num_samples": 24, "ddim_steps": 5, "reference_samples": 100, "batch_size": 24, "bootstrap": 10},
+    "evaluate": {"num_samples": 24, "ddim_steps": 5, "reference_samples": 100, "batch_size": 24, "bootstrap": 10,
+                 "sweep": {"samples": 20, "ddpm": [1.0, 2.0], "drift": [1.0, 2.0]}},
     "evaluator": {"train_images": 300, "heldout_images": 100, "steps": 5, "batch_size": 16, "warmup": 2},
     "benchmark": {"modes": ["eager_fp32", "eager_bf16"], "batch_sizes": [1, 2], "ddim_steps": 5, "repeats": 1},
-    "render": {"grid_samples": 8},
+    "render": {"grid_samples": 8, "columns_per_class": 2},
 }
 
 

@@ -88,6 +88,19 @@ def test_fixed_noise_is_reproducible_and_nfe_is_counted():
     assert count_nfe(TinyNet(), three_step, make(2)) == 3
 
 
+def test_classifier_free_guidance_counts_two_evaluations_per_ddim_step():
+    """CFG runs the conditional and unconditional epsilon as one call on 2B rows: counting calls would report
+    half the work. The conditional sampler of the benchmark and sample stages is counted by rows."""
+    from driftin.benchmark import ddim_sampler
+    from driftin.unet import build_unet
+
+    net = build_unet("tiny", 8, num_classes=3)
+    z = fixed_noise((3, 8, 8), seed=0)(4)
+    assert count_nfe(net, ddim_sampler(5, 3, guidance=2.0), z) == 10
+    assert count_nfe(net, ddim_sampler(5, 3, guidance=1.0), z) == 5
+    assert count_nfe(build_unet("tiny", 8, num_classes=3, alpha_cond=True), one_step_sampler(0, 3, 2.0), z) == 1
+
+
 def _ok(model: str, mode: str, batch: int, ips: float) -> dict:
     return {"model": model, "mode": mode, "batch_size": batch, "status": "ok", "reason": "",
             "latency_ms_median": batch / ips * 1e3, "images_per_s": ips}

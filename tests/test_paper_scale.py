@@ -18,7 +18,9 @@ pytestmark = pytest.mark.slow
 # is skipped on a CPU with its reason recorded, as on a user's CPU machine).
 DRY_RUN = {
     "ddpm.steps": "2", "drift.steps": "2", "ddpm.batch_size": "4", "drift.batch_size": "4", "drift.positives": "8",
-    "ddpm.checkpoint_every": "1", "drift.checkpoint_every": "1", "encoders.cache_images": "8",
+    "ddpm.checkpoint_every": "1", "drift.checkpoint_every": "1", "encoders.cache_images": "20",
+    "drift.conditioning.labels_per_step": "2", "render.columns_per_class": "1",
+    "evaluate.sweep.samples": "12", "evaluate.sweep.ddpm": "[1,2]", "evaluate.sweep.drift": "[1,2]",
     "evaluate.num_samples": "12", "evaluate.bootstrap": "2", "evaluate.reference_samples": "16",
     "evaluate.ddim_steps": "2", "evaluate.batch_size": "12", "data.test_samples": "12",
     "benchmark.modes": "[eager_fp32,eager_bf16,cuda_graphs]", "benchmark.batch_sizes": "[1,2]",

@@ -32,8 +32,9 @@ def without_timing(d: dict) -> dict:
 def test_repro_runs_every_stage(micro_repo):
     fid = read(micro_repo, "metrics/fid.json")
     scores = {"fid", "kid", "class_entropy", "confidence"}
+    # Conditional micro run: generated samples carry their requested classes, so they get recognisability too.
     for model in ("ddpm", "drift", "real_test", "noise"):
-        with_labels = scores | {"recognisability"} if model == "real_test" else scores
+        with_labels = scores | {"recognisability"} if model != "noise" else scores
         assert set(fid[model]) == {f"{s}{e}" for s in with_labels for e in ("", "_lo", "_hi")} | {"precision", "recall"}
         assert all(fid[model][f"{s}_lo"] <= fid[model][f"{s}_hi"] for s in with_labels)
     assert fid["evaluator_accuracy"] == read(micro_repo, "metrics/evaluator.json")["heldout_accuracy"]
@@ -47,6 +48,13 @@ def test_repro_runs_every_stage(micro_repo):
                  "benchmark.png"):
         assert (micro_repo / "plots/images" / name).stat().st_size > 1000, name
     assert read(micro_repo, "metrics/train_ddpm.json")["steps"] == 6
+    # Guidance: CFG doubles DDPM's network evaluations (counted, not assumed); one per drifting sample at any alpha.
+    ddpm_s, drift_s = read(micro_repo, "metrics/sample_ddpm.json"), read(micro_repo, "metrics/sample_drift.json")
+    assert (ddpm_s["guidance"], ddpm_s["nfe"], drift_s["alpha"], drift_s["nfe"]) == (2.0, 10, 2.0, 1)
+    sweep = read(micro_repo, "metrics/guidance.json")
+    assert set(sweep["ddpm"]) == {"w1", "w2"} and set(sweep["drift"]) == {"alpha1", "alpha2"}
+    assert (sweep["ddpm"]["w1"]["nfe"], sweep["ddpm"]["w2"]["nfe"]) == (5, 10)
+    assert (micro_repo / "plots/guidance_drift.csv").read_text().startswith("guidance,nfe,fid,")
     assert read(micro_repo, "metrics/train_drift.json")["encoder"] == "mae"
     status = sh(micro_repo, "dvc", "status").stdout
     assert "up to date" in status, status

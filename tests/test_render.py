@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from driftin.render import (batch_gif, comparison_grid, image_grid, plot_benchmark, plot_fid, plot_training_curves,
-                            speed_gif)
+from driftin.render import (batch_gif, class_grid, comparison_grid, image_grid, per_class, plot_benchmark, plot_fid,
+                            plot_training_curves, speed_gif)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -41,6 +41,23 @@ def test_comparison_grid_stacks_labelled_rows():
     assert img.height == 2 * strip.shape[0] and img.width > strip.shape[1]
     arr = np.asarray(img)
     assert np.array_equal(arr[: strip.shape[0], img.width - strip.shape[1]:], strip)  # DDPM on top, right-aligned
+
+
+def test_class_grid_puts_each_class_in_its_row_for_every_model():
+    imgs = images(12)
+    labels = np.arange(12) % 3
+    rows = per_class(imgs, labels, 3, 4)  # [K, M, H, W, 3]
+    assert rows.shape == (3, 4, 4, 5, 3)
+    assert np.array_equal(rows[1, 2], imgs[7])  # class 1's third sample is sample 1 + 2 * 3
+    with pytest.raises(ValueError, match="class 2 has 3 samples"):
+        per_class(imgs[:11], labels[:11], 3, 4)
+    grid = class_grid({"DDPM": rows, "Drift": rows[:, ::-1]}, ["a", "b", "c"], scale=2, pad=2)
+    tile = image_grid(rows.reshape(-1, 4, 5, 3), 4, scale=2, pad=2)
+    arr = np.asarray(grid)
+    assert arr.shape[0] > tile.shape[0] and arr.shape[1] > 2 * tile.shape[1]
+    # The DDPM block sits below the title row, its rows the classes in order.
+    assert any(np.array_equal(arr[y:y + tile.shape[0], x:x + tile.shape[1]], tile)
+               for y in range(arr.shape[0] - tile.shape[0] + 1) for x in range(0, 80))
 
 
 def test_speed_gif_paced_by_measured_latencies(tmp_path):

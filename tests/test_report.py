@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from driftin.exps import runs, spread_markdown
+from driftin.exps import ablation_markdown, runs, spread_markdown
 from driftin.report import END, SEEDS_END, SEEDS_START, START, results_markdown, update_readme
 
 # Recorded `dvc exp show --json` (DVC 3.67) after `dvc exp run --queue -S seed=0,1,2 && dvc queue start` in a
@@ -94,3 +94,16 @@ def test_cli_writes_the_seeds_block(tmp_path):
     subprocess.run([sys.executable, "-m", "driftin.report", "--exps", "--exp-show-json", str(EXP_SHOW),
                     "--readme", str(readme)], check=True)
     assert "| drifting |" in readme.read_text()
+
+
+def test_ablation_has_a_row_per_experiment_with_the_params_that_differ():
+    show = json.loads(EXP_SHOW.read_text())
+    found = runs(show)
+    exp = show[1]["experiments"][0]["revs"][0]
+    exp["data"]["params"]["params.yaml"]["data"]["conditional"] = True
+    text = ablation_markdown(show)
+    lines = text.splitlines()
+    assert lines[0].startswith("| experiment | `conditional` | `seed` | DDPM FID | drifting FID |")
+    assert len(lines) == 2 + len(found)
+    drift_fid = found[0].metrics["metrics/fid.json"]["drift"]["fid"]
+    assert f"| {drift_fid:.2f} |" in lines[2]

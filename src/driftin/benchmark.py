@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .ddpm import validate_ddim_steps
+from .ddpm import ddim_sample, validate_ddim_steps
 from .rules import choice, positive, require
 
 Sampler = Callable[[nn.Module, Tensor], Tensor]  # (model, x_T [B,3,H,W]) -> x_0 [B,3,H,W]
@@ -46,12 +46,30 @@ def validate(bench) -> None:
             f"must be >= 1, got {bench.warmup}: it counts the first, untimed call (the compile in compiled modes)")
 
 
-def one_step_sampler(t_fixed: int) -> Sampler:
-    """Drifting generator: x_0 = model(noise, t_fixed), a single network evaluation."""
+def one_step_sampler(t_fixed: int, num_classes: int = 0, alpha: float = 1.0) -> Sampler:
+    """Drifting generator: x_0 = model(noise, t_fixed), a single network evaluation; a conditional one
+    (num_classes K) also takes the labels i mod K and the guidance strength alpha."""
 
     def sample(model: nn.Module, z: Tensor) -> Tensor:
         t = torch.full((z.shape[0],), t_fixed, dtype=torch.long, device=z.device)  # (B,)
-        return model(z, t)
+        if not num_classes:
+            return model(z, t)
+        labels = torch.arange(z.shape[0], device=z.device) % num_classes
+        return model(z, t, labels, alpha)
+
+    return sample
+
+
+def ddim_sampler(num_steps: int, num_classes: int = 0, guidance: float = 1.0) -> Sampler:
+    """DDPM generator: DDIM with num_steps steps; a conditional one (num_classes K) samples the labels i mod K
+    with classifier-free guidance `guidance` (two network evaluations per step unless it is 1)."""
+
+    def sample(model: nn.Module, x_T: Tensor) -> Tensor:
+        if not num_classes:
+            return ddim_sample(model, x_T, num_steps=num_steps)
+        labels = torch.arange(x_T.shape[0], device=x_T.device) % num_classes
+        return ddim_sample(model, x_T, num_steps=num_steps, labels=labels, guidance=guidance,
+                           null_label=num_classes if guidance != 1 else None)
 
     return sample
 
@@ -124,12 +142,14 @@ def _time_call_ms(call: Callable[[], Any], device: torch.device) -> float:
 
 
 def count_nfe(model: nn.Module, sampler: Sampler, z: Tensor) -> int:
-    """Number of network evaluations one sampler call makes, counted by a forward hook (not declared)."""
-    calls = 0
+    """Network evaluations per sample of one sampler call, counted by a forward hook (not declared): the rows the
+    network processes over the batch size, so classifier-free guidance, which runs the conditional and the
+    unconditional epsilon as one call on 2B rows, counts two per step."""
+    rows = 0
 
-    def hook(*_: Any) -> None:
-        nonlocal calls
-        calls += 1
+    def hook(_: nn.Module, args: tuple) -> None:
+        nonlocal rows
+        rows += args[0].shape[0]
 
     handle = model.register_forward_pre_hook(hook)
     try:
@@ -137,7 +157,7 @@ def count_nfe(model: nn.Module, sampler: Sampler, z: Tensor) -> int:
             sampler(model, z)
     finally:
         handle.remove()
-    return calls
+    return rows // z.shape[0]
 
 
 def _row(model: str, mode: str, batch: int, status: str, reason: str = "", **metrics: Any) -> dict[str, Any]:

@@ -53,7 +53,17 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DDPMConfig(TrainConfig):
-    pass
+    p_uncond: float
+
+
+@dataclass(frozen=True)
+class ConditioningConfig:
+    """The drift section's class-conditioning keys (used when `conditional` is true)."""
+
+    labels_per_step: int
+    negatives: int
+    alpha_max: float
+    alpha_power: float
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,7 @@ class DriftConfig(TrainConfig):
     temperatures: tuple[float, ...]
     tau_times_c: bool
     affinity_floor: float
+    conditioning: ConditioningConfig
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,21 @@ class EncodersConfig:
 
 
 @dataclass(frozen=True)
+class GuidanceConfig:
+    """Guidance of the conditional generators at sampling: DDPM's CFG scale, the drifting generator's alpha."""
+
+    ddpm: float
+    drift: float
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    samples: int
+    ddpm: tuple[float, ...]
+    drift: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     num_samples: int
     ddim_steps: int
@@ -102,6 +128,8 @@ class EvaluateConfig:
     batch_size: int
     bootstrap: int
     inception_weights: str | None
+    guidance: GuidanceConfig
+    sweep: SweepConfig
 
 
 @dataclass(frozen=True)
@@ -116,12 +144,14 @@ class BenchmarkConfig:
 @dataclass(frozen=True)
 class RenderConfig:
     grid_samples: int
+    columns_per_class: int
 
 
 @dataclass(frozen=True)
 class Params:
     seed: int
     encoder: str
+    conditional: bool
     device: str
     data: DataConfig
     unet: UNetParams
@@ -217,8 +247,8 @@ def validate(p: Params) -> None:
 
     Imported here rather than at the top: several owners import this module's types (an import cycle otherwise).
     """
-    from . import (benchmark, datasets, ddpm, drift, encoders, evaluator, feature_cache, fidelity, mae, render,
-                   runtime, trainer, unet)
+    from . import (benchmark, conditioning, datasets, ddpm, drift, encoders, evaluator, feature_cache, fidelity, mae,
+                   render, runtime, trainer, unet)
 
     runtime.validate(seed=p.seed, device=p.device)
     encoders.validate(p.encoder, p.encoders)
@@ -227,6 +257,7 @@ def validate(p: Params) -> None:
     for section in ("ddpm", "drift"):
         trainer.validate(getattr(p, section), section)
     drift.validate(p.drift)
+    conditioning.validate(p.conditional, p.drift, p.ddpm, p.evaluate)
     feature_cache.validate(p.encoders.cache_images, p.drift.positives)
     mae.validate(p.encoders.mae, p.data.image_size)
     fidelity.validate(p.evaluate, p.data.test_samples)

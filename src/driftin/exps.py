@@ -109,3 +109,41 @@ def spread_markdown(show: list) -> str:
                    f"{', with ' + ', '.join(changed) if changed else ''}:")
         blocks.append("\n".join([caption, "", *group_table(group)]))
     return "\n\n".join(blocks)
+
+
+def _get(d: dict, path: str):
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _cell(x, decimals: int) -> str:
+    return "-" if x is None else number(x, decimals)
+
+
+def ablation_markdown(show: list) -> str:
+    """One row per experiment: the params that differ between them, then FID and recognisability of both models
+    (with the held-out real images' recognisability, the ceiling) and the drift step time; for a README ablation
+    table of `dvc exp run -S ...` runs (e.g. conditional=false,true)."""
+    found = runs(show)
+    if not found:
+        raise SystemExit("dvc exp show lists no finished experiments: run e.g. "
+                         "`dvc exp run --queue -S conditional=false,true && dvc queue start` first")
+    flat = [dict(_flat(r.params)) for r in found]
+    varying = sorted({k for f in flat for k in f if len({repr(g.get(k)) for g in flat}) > 1})
+    head = ["experiment", *(f"`{k}`" for k in varying), "DDPM FID", "drifting FID", "DDPM recog.", "drifting recog.",
+            "real recog.", "drift step (ms)", "drift img/s"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for run, f in zip(found, flat):
+        fid, train = run.metrics.get("metrics/fid.json", {}), run.metrics.get("metrics/train_drift.json", {})
+        steps, seconds = train.get("steps"), train.get("train_seconds")
+        step_ms = seconds / steps * 1e3 if steps and seconds else None
+        cells = [run.name, *(str(f.get(k)) for k in varying),
+                 _cell(_get(fid, "ddpm.fid"), 2), _cell(_get(fid, "drift.fid"), 2),
+                 _cell(_get(fid, "ddpm.recognisability"), 3), _cell(_get(fid, "drift.recognisability"), 3),
+                 _cell(_get(fid, "real_test.recognisability"), 3), _cell(step_ms, 0),
+                 _cell(train.get("images_per_s"), 0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

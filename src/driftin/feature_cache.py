@@ -34,6 +34,21 @@ def encoder_kwargs(params: Params, mae_state: dict | None) -> dict:
     return {}
 
 
+def balanced_subset(labels: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """n indices drawn at random so that the classes' counts differ by at most one where the data allows: a
+    random permutation, reordered round-robin over classes. Conditional drift training draws every class's
+    positives from the cache, so no class may be missing from it."""
+    perm = torch.randperm(len(labels), generator=gen)
+    lab = labels[perm]
+    # Occurrence number of each element within its class, in permutation order.
+    order = torch.argsort(lab, stable=True)
+    counts = torch.bincount(lab)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(lab)
+    rank[order] = torch.arange(len(lab)) - starts[lab[order]]
+    return perm[torch.argsort(rank, stable=True)[:n]]
+
+
 @torch.no_grad()
 def encode(encoder: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> list[torch.Tensor]:
     """uint8 NHWC images -> one fp16 CPU tensor [N, C, H, W] per encoder depth (fp16 halves the cache)."""

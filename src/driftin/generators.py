@@ -90,13 +90,35 @@ def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def num_classes(record: dict) -> int:
+    """K of a model file's generator: 0 for an unconditional one."""
+    return int(record["unet_overrides"].get("num_classes", 0))
+
+
+def class_labels(indices: range | list[int], k: int) -> torch.Tensor | None:
+    """The class each fixed-noise sample is drawn for, i mod K (balanced, and sample i keeps its class whatever the
+    batch size or count); None for an unconditional generator (K = 0)."""
+    return torch.tensor([i % k for i in indices], dtype=torch.long) if k else None
+
+
+def guidance_for(kind: str, k: int, value: Any) -> dict[str, Any]:
+    """sampler()'s guidance argument for a generator with K classes (none for an unconditional one): `value` is
+    the CFG scale (ddpm) or alpha (drift), or an object with both as attributes `ddpm` and `drift`."""
+    if not k:
+        return {}
+    v = float(getattr(value, kind, value))
+    return {"guidance": v} if kind == "ddpm" else {"alpha": v}
+
+
 @torch.no_grad()
-def generate(sample: Callable[[torch.Tensor], torch.Tensor], num: int, *, image_size: int, seed: int,
-             batch_size: int, device: torch.device, desc: str = "sampling") -> np.ndarray:
-    """Samples 0..num-1 from their fixed noise, as uint8 NHWC."""
+def generate(sample: Callable[..., torch.Tensor], num: int, *, image_size: int, seed: int,
+             batch_size: int, device: torch.device, desc: str = "sampling", num_classes: int = 0) -> np.ndarray:
+    """Samples 0..num-1 from their fixed noise, as uint8 NHWC; with num_classes K, sample i is of class i mod K
+    (`sample(z, labels)`)."""
     out = []
     for start in tqdm(range(0, num, batch_size), desc=desc, dynamic_ncols=True):
         idx = range(start, min(num, start + batch_size))
         z = fixed_noise(idx, (3, image_size, image_size), seed).to(device)
-        out.append(to_uint8(sample(z)))
+        labels = class_labels(idx, num_classes)
+        out.append(to_uint8(sample(z) if labels is None else sample(z, labels.to(device))))
     return np.concatenate(out)

@@ -4,8 +4,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from .conditioning import fold_classes, negative_weight, per_problem, sample_alpha
 from .ddpm import alphas_cumprod, ddpm_loss, linear_betas
 from .drift import drift_loss
 from .features import feature_groups
@@ -19,8 +21,13 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
 
 
-def ddpm_objective(images: torch.Tensor, batch_size: int, device: torch.device) -> LossFn:
-    """Epsilon-prediction loss on `batch_size` images per step drawn from `images` (uint8 NHWC, in memory)."""
+def ddpm_objective(images: torch.Tensor, batch_size: int, device: torch.device, *,
+                   labels: torch.Tensor | None = None, p_uncond: float = 0.0) -> LossFn:
+    """Epsilon-prediction loss on `batch_size` images per step drawn from `images` (uint8 NHWC, in memory).
+
+    With `labels` (one per image) the model is class-conditional: a share `p_uncond` of each batch gets the null
+    label instead, so one network also learns the unconditional epsilon that classifier-free guidance needs.
+    """
     alpha_bar = alphas_cumprod(linear_betas()).float().to(device)
     num_t = alpha_bar.shape[0]
 
@@ -29,7 +36,12 @@ def ddpm_objective(images: torch.Tensor, batch_size: int, device: torch.device) 
         x0 = random_flip(to_float(images[idx]), gen).to(device)  # (B, 3, H, W)
         t = torch.randint(num_t, (batch_size,), generator=gen).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
-        return ddpm_loss(model, x0, t, noise, alpha_bar).mean(), {}
+        if labels is None:
+            return ddpm_loss(model, x0, t, noise, alpha_bar).mean(), {}
+        null = _unwrap(model).null_label
+        # Drawn on the CPU generator, like every other random choice here (resume restores it).
+        y = torch.where(torch.rand(batch_size, generator=gen) < p_uncond, null, labels[idx])
+        return ddpm_loss(model, x0, t, noise, alpha_bar, labels=y.to(device)).mean(), {}
 
     return loss_fn
 
@@ -62,5 +74,65 @@ def drift_objective(encoder: nn.Module, real_maps: list[torch.Tensor], *, batch_
             loss, stats = drift_loss(gen_feats, pos_feats, temperatures, group=group, **drift_kwargs)
         # Per-group stats ("name/group") would add dozens of CSV columns; the curves keep the overall ones.
         return loss, {k: v for k, v in stats.items() if "/" not in k and k != "loss"}
+
+    return loss_fn
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The UNet inside a DDP wrapper (its config and null label)."""
+    return getattr(model, "module", model)
+
+
+def _shared(t: torch.Tensor, group, device: torch.device) -> torch.Tensor:
+    """Rank 0's draw on every rank (labels and alphas must agree: each class is one problem across ranks)."""
+    if group is None:
+        return t
+    buf = t.to(device)
+    dist.broadcast(buf, src=dist.get_global_rank(group, 0), group=group)
+    return buf.cpu()
+
+
+def conditional_drift_objective(encoder: nn.Module, real_maps: list[torch.Tensor], real_labels: torch.Tensor, *,
+                                num_classes: int, labels_per_step: int, batch_size: int, positives: int,
+                                negatives: int, alpha_range: tuple[float, float], alpha_power: float,
+                                image_size: int, temperatures: tuple[float, ...], drift_kwargs: Mapping,
+                                group, world_size: int, device: torch.device) -> LossFn:
+    """Class-conditional drifting (DRIFTING.md sec. 6, conditioning.py): per step `labels_per_step` classes,
+    each with batch_size/labels_per_step generated samples at its own alpha, positives/labels_per_step cached
+    real samples of that class and `negatives` unconditional cached real samples weighted by
+    negative_weight(alpha); one kernel problem per class and feature location.
+
+    Sizes are this rank's; under DDP every rank trains the same classes and alphas (rank 0 draws them) and the
+    kernel problem of a class spans the generated and real rows of all ranks.
+    """
+    k = labels_per_step
+    g, p = batch_size // k, positives // k
+    num_real = real_maps[0].shape[0]
+    pools = [torch.nonzero(real_labels == c).squeeze(1) for c in range(num_classes)]
+    empty = [c for c, pool in enumerate(pools) if not len(pool)]
+    if empty:
+        raise ValueError(f"the feature cache has no real image of class(es) {empty}; raise encoders.cache_images")
+
+    def draw(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Channels-last like the generated maps, converted per draw: the cache itself may be memory-mapped.
+        return feature_groups([m[idx].to(device, memory_format=torch.channels_last).float() for m in real_maps])
+
+    def loss_fn(model: nn.Module, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        classes = _shared(torch.randperm(num_classes, generator=gen)[:k], group, device)
+        alpha = _shared(sample_alpha(k, *alpha_range, alpha_power, gen), group, device)
+        z = torch.randn((k * g, 3, image_size, image_size), generator=gen).to(device)
+        t = torch.full((k * g,), DRIFT_T, dtype=torch.long, device=device)
+        x = model(z, t, classes.repeat_interleave(g).to(device), alpha.repeat_interleave(g).to(device))
+        with torch.autocast(device.type, enabled=False):  # the kernel in fp32: see drift_objective
+            gen_feats = feature_groups(encoder(x.float().contiguous(memory_format=torch.channels_last)))
+            pos_idx = torch.cat([pools[c][torch.randint(len(pools[c]), (p,), generator=gen)] for c in classes.tolist()])
+            neg_idx = torch.randint(num_real, (k * negatives,), generator=gen)
+            w = negative_weight(alpha, g * world_size, negatives * world_size)
+            gen_f = fold_classes(gen_feats, k)
+            loss, stats = drift_loss(gen_f, fold_classes(draw(pos_idx), k), temperatures,
+                                     neg_feats=fold_classes(draw(neg_idx), k), neg_weight=per_problem(w, gen_f, k),
+                                     group=group, **drift_kwargs)
+        stats = {key: v for key, v in stats.items() if "/" not in key and key != "loss"}
+        return loss, {**stats, "alpha": float(alpha.mean())}
 
     return loss_fn

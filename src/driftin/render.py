@@ -30,6 +30,7 @@ BG, FG, MUTED = (255, 255, 255), (20, 20, 20), (110, 110, 110)
 def validate(render, num_samples: int) -> None:
     """The `render` section (a config.RenderConfig) against evaluate.num_samples."""
     positive(render.grid_samples, "render.grid_samples")
+    positive(render.columns_per_class, "render.columns_per_class")
     require(render.grid_samples <= num_samples, "render.grid_samples",
             f"must not exceed evaluate.num_samples ({num_samples}): grids reuse the FID samples")
 
@@ -93,6 +94,43 @@ def comparison_grid(rows: Mapping[str, np.ndarray], *, labels: Mapping[str, str]
         draw.text((6, y + strip.shape[0] // 2), texts[name], fill=FG, font=font, anchor="lm")
         y += strip.shape[0]
     return canvas
+
+
+def class_grid(blocks: Mapping[str, np.ndarray], class_names: Sequence[str], *, scale: int = 2, pad: int = 2,
+               font_size: int = 14) -> Image.Image:
+    """Models side by side, one row per class: blocks {title: uint8 [K, M, H, W, 3]} (row k holds M samples of
+    class k, the same noise in every block), the class names down the left and each block's title on top."""
+    font = _font(font_size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(int(probe.textlength(str(c), font=font)) for c in class_names) + 12
+    title_h = font_size + 10
+    tiles = {t: image_grid(b.reshape(-1, *b.shape[2:]), b.shape[1], scale=scale, pad=pad) for t, b in blocks.items()}
+    gap = 4 * pad
+    # Each block is as wide as its samples or its title, whichever is wider (narrow grids keep readable titles).
+    slot = {t: max(g.shape[1], int(probe.textlength(t, font=font)) + 12) for t, g in tiles.items()}
+    width = label_w + sum(slot.values()) + gap * (len(tiles) - 1)
+    height = title_h + max(g.shape[0] for g in tiles.values())
+    canvas = Image.new("RGB", (width, height), BG)
+    draw, x = ImageDraw.Draw(canvas), label_w
+    for title, tile in tiles.items():
+        canvas.paste(Image.fromarray(tile), (x + (slot[title] - tile.shape[1]) // 2, title_h))
+        draw.text((x + slot[title] // 2, title_h // 2), title, fill=FG, font=font, anchor="mm")
+        x += slot[title] + gap
+    row_h = (next(iter(tiles.values())).shape[0] - pad) / len(class_names)
+    for k, name in enumerate(class_names):
+        draw.text((6, title_h + pad + row_h * (k + 0.5)), str(name), fill=FG, font=font, anchor="lm")
+    return canvas
+
+
+def per_class(images: np.ndarray, labels: np.ndarray, num_classes: int, columns: int) -> np.ndarray:
+    """The first `columns` samples of each class -> [K, columns, H, W, 3] (raises if a class has fewer)."""
+    rows = []
+    for k in range(num_classes):
+        idx = np.flatnonzero(labels == k)[:columns]
+        if len(idx) < columns:
+            raise ValueError(f"class {k} has {len(idx)} samples; the grid needs {columns}")
+        rows.append(images[idx])
+    return np.stack(rows)
 
 
 def _playback_scale(ddpm_s: float, min_play_s: float, max_play_s: float) -> float:

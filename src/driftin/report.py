@@ -3,6 +3,7 @@
     python -m driftin.report                        # print the tables of the run in metrics/
     python -m driftin.report --readme README.md     # rewrite the block between the results markers
     python -m driftin.report --exps [--readme README.md]   # mean +/- std over seeds from `dvc exp show --json`
+    python -m driftin.report --ablation [--readme README.md]   # one row per experiment (e.g. conditional=false,true)
 """
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import json
 import re
 from pathlib import Path
 
-from driftin.exps import exp_show, number, spread_markdown
+from driftin.exps import ablation_markdown, exp_show, number, spread_markdown
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 SEEDS_START, SEEDS_END = "<!-- seeds:start -->", "<!-- seeds:end -->"
+ABLATION_START, ABLATION_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
 
 def _load(metrics: Path, name: str) -> dict:
@@ -99,11 +101,16 @@ def main() -> None:
     p.add_argument("--metrics", default="metrics", type=Path)
     p.add_argument("--readme", type=Path, help="rewrite this file's results block instead of printing")
     p.add_argument("--exps", action="store_true", help="mean +/- std over the seeds of `dvc exp show`")
-    p.add_argument("--exp-show-json", type=Path, help="with --exps: read this saved `dvc exp show --json` output")
+    p.add_argument("--ablation", action="store_true", help="one row per experiment of `dvc exp show`")
+    p.add_argument("--exp-show-json", type=Path,
+                   help="with --exps or --ablation: read this saved `dvc exp show --json` output")
     args = p.parse_args()
-    if args.exps:
+    if args.exps or args.ablation:
         show = json.loads(args.exp_show_json.read_text()) if args.exp_show_json else exp_show()
-        block, markers = spread_markdown(show), (SEEDS_START, SEEDS_END)
+        if args.ablation:
+            block, markers = ablation_markdown(show), (ABLATION_START, ABLATION_END)
+        else:
+            block, markers = spread_markdown(show), (SEEDS_START, SEEDS_END)
     else:
         block, markers = results_markdown(args.metrics), (START, END)
     if args.readme:

@@ -26,8 +26,9 @@ def checkpoint_root() -> Path:
 def run_training(*, kind: str, script: Path, params: Params, cfg: TrainConfig, model: nn.Module,
                  unet_overrides: dict, loss_fn: LossFn, identity: dict, inputs: list[Path], out: str, metrics: str,
                  plot: str, info: DistInfo, device: torch.device, log_every: int,
-                 extra_metrics: dict | None = None) -> None:
-    """`script` is the stage script: its code and the driftin modules it imports are part of the checkpoint key."""
+                 extra_metrics: dict | None = None, class_names: list[str] | None = None) -> None:
+    """`script` is the stage script: its code and the driftin modules it imports are part of the checkpoint key.
+    `class_names` (conditional models) go into the model file, so samplers can ask for a class by name."""
     ckpt = checkpoint_path(f"train_{kind}", identity, inputs, checkpoint_root(), code=code_digest(script))
     result = train(model, loss_fn, cfg, checkpoint=ckpt, seed=params.seed, info=info, device=device,
                    desc=f"train_{kind}", log_every=log_every)
@@ -35,7 +36,7 @@ def run_training(*, kind: str, script: Path, params: Params, cfg: TrainConfig, m
         return
     save_generator(out, kind=kind, preset=params.unet.preset, image_size=params.data.image_size,
                    unet_overrides=unet_overrides, model=result.model, ema=result.ema,
-                   meta={"params": as_dict(params), "steps": result.steps})
+                   meta={"params": as_dict(params), "steps": result.steps, "class_names": class_names or []})
     write_csv(plot, result.history)
     last = result.history[-1]
     write_json(metrics, {
