@@ -50,16 +50,19 @@ def main() -> None:
     t0 = time.perf_counter()
     maps = encode(encoder, real, 256, device)
     cache_seconds = time.perf_counter() - t0
-    timing = positives_timing(encoder, real, maps, params.drift.positives, device, gen)
+    official = params.encoders.feature_set == "official"
+    timing = positives_timing(encoder, real, maps, params.drift.positives, device, gen, with_input=official)
 
-    torch_save(f"{args.out}/encoder.pt", {"name": params.encoder, "mae_state": mae_state})
+    torch_save(f"{args.out}/encoder.pt", {"name": params.encoder, "mae_state": mae_state,
+                                          "feature_set": params.encoders.feature_set})
     # Labels of the cached images (and flips), so conditional drift training draws each class's positives.
     labels = torch.from_numpy(data["labels"])[subset]
     torch_save(f"{args.out}/real.pt", {"maps": maps, "subset": subset, "labels": torch.cat([labels, labels]),
                                        "class_names": [str(c) for c in data["class_names"]]})
-    groups = feature_groups([m[:2].float() for m in maps])
+    groups = feature_groups([m[:2].float() for m in maps], with_input=official)
     write_json(args.metrics, {
         "encoder": params.encoder,
+        "feature_set": params.encoders.feature_set,
         "cached_images": int(len(real)),
         "cache_seconds": round(cache_seconds, 2),
         "cache_mb": round(sum(m.numel() * m.element_size() for m in maps) / 2**20, 1),

@@ -30,10 +30,12 @@ def main() -> None:
 
     feats = Path(args.features)
     enc_record = torch.load(feats / "encoder.pt", map_location="cpu", weights_only=True)
-    if enc_record["name"] != params.encoder:
+    cached = (enc_record["name"], enc_record.get("feature_set", "basic"))
+    if cached != (params.encoder, params.encoders.feature_set):
         raise ConfigError(
-            f"{feats / 'encoder.pt'} holds the '{enc_record['name']}' encoder but params.yaml asks for "
-            f"'{params.encoder}'. Run `dvc repro` (it re-runs cache_features first) rather than this stage alone."
+            f"{feats / 'encoder.pt'} holds the '{cached[0]}' encoder ('{cached[1]}' feature set) but params.yaml "
+            f"asks for '{params.encoder}' ('{params.encoders.feature_set}'). Run `dvc repro` (it re-runs "
+            "cache_features first) rather than this stage alone."
         )
     encoder = build_encoder(params.encoder, image_size=params.data.image_size,
                             **encoder_kwargs(params, enc_record["mae_state"]))
@@ -52,6 +54,7 @@ def main() -> None:
     model = build_unet(params.unet.preset, params.data.image_size, **overrides)
     world = info.world_size
     common = dict(image_size=params.data.image_size, temperatures=cfg.temperatures,
+                  with_input=params.encoders.feature_set == "official",
                   drift_kwargs={"tau_times_c": cfg.tau_times_c, "affinity_floor": cfg.affinity_floor},
                   group=info.group, device=device)
     if k:
@@ -70,7 +73,7 @@ def main() -> None:
                  inputs=[feats / "encoder.pt", feats / "real.pt"], out=args.out, metrics=args.metrics,
                  plot=args.plot, info=info, device=device, log_every=max(1, cfg.steps // 200),
                  class_names=list(real["class_names"]) if k else None,
-                 extra_metrics={"encoder": params.encoder})
+                 extra_metrics={"encoder": params.encoder, "feature_set": params.encoders.feature_set})
 
 
 if __name__ == "__main__":

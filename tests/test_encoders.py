@@ -8,6 +8,7 @@ import torchvision
 
 from driftin import encoders
 from driftin.encoders import WeightsUnavailable, available_encoders, build_encoder, load_dinov2
+from driftin.config import ConfigError
 from driftin.mae import MAEConfig, MAEEncoder
 
 # A 2-block, 32-wide DINOv2 ViT: the production architecture (ViT-B/14) with smaller timm kwargs, so the real
@@ -78,6 +79,26 @@ def test_mae_maps_and_gradient():
     shapes = [tuple(m.shape) for m in encoder(torch.zeros(2, 3, 32, 32))]
     assert shapes == [(2, 32, 32, 32), (2, 64, 16, 16), (2, 128, 8, 8), (2, 256, 4, 4)]
     assert_frozen_but_differentiable(encoder)
+
+
+def test_official_feature_set_puts_the_image_first_then_the_stem_and_every_block_normalised():
+    torch.manual_seed(0)
+    state = MAEEncoder(MAEConfig()).state_dict()
+    encoder = build_encoder("mae", image_size=32, mae_state=state, feature_set="official")
+    x = torch.randn(2, 3, 32, 32)
+    maps = encoder(x)
+    assert torch.equal(maps[0], x)
+    assert [tuple(m.shape) for m in maps[1:]] == [(2, 32, 32, 32), (2, 32, 32, 32), (2, 64, 16, 16),
+                                                  (2, 128, 8, 8), (2, 256, 4, 4)]
+    # The block maps are the basic set's maps after a parameter-free GroupNorm (8 groups).
+    basic = build_encoder("mae", image_size=32, mae_state=state)(x)
+    for official, plain in zip(maps[2:], basic):
+        assert torch.allclose(official, torch.nn.functional.group_norm(plain, 8), atol=1e-5)
+    assert_frozen_but_differentiable(encoder)
+    pixel = build_encoder("pixel", image_size=32, feature_set="official")(x)
+    assert len(pixel) == 3 and torch.equal(pixel[0], x)  # other encoders: the image, then their usual maps
+    with pytest.raises(ConfigError, match="encoders.feature_set"):
+        build_encoder("mae", image_size=32, mae_state=state, feature_set="offical")
 
 
 def test_resnet18_loads_a_local_weights_file(resnet_file):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from driftin.features import feature_groups, location_stride
+from driftin.features import feature_groups, input_groups, location_stride
 
 
 def test_keys_and_shapes_per_depth():
@@ -73,3 +73,14 @@ def test_patch_std_survives_a_large_offset():
     patches = x.view(2, 3, 4, 2, 4, 2).double()
     reference = patches.std((3, 5), unbiased=False).flatten(2).permute(2, 0, 1)  # [16, B, C]
     assert torch.allclose(g["d0.p2.std"].double(), reference, rtol=1e-3)
+
+
+def test_input_groups_are_the_whole_image_and_each_channels_rms():
+    x = torch.randn(5, 3, 4, 4)
+    g = input_groups(x)
+    assert g["global"].shape == (1, 5, 48) and torch.equal(g["global"][0, 2], x[2].flatten())
+    assert torch.allclose(g["norm_x"][0], x.square().mean((2, 3)).sqrt(), atol=1e-5)
+    m = torch.randn(5, 8, 4, 4)
+    both = feature_groups([x, m], with_input=True)
+    assert set(both) == {"global", "norm_x"} | set(feature_groups([m]))  # encoder maps still numbered from d0
+    assert torch.equal(both["d0.loc"], feature_groups([m])["d0.loc"])

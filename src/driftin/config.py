@@ -100,6 +100,7 @@ class DinoParams(PretrainedParams):
 @dataclass(frozen=True)
 class EncodersConfig:
     cache_images: int
+    feature_set: str
     mae: MAEParams
     resnet18: PretrainedParams
     dinov2: DinoParams

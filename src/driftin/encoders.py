@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .downloads import env_true, host_reachable
-from .mae import mae_encoder_from_state
+from .mae import GN_GROUPS, mae_encoder_from_state
 from .rules import choice, require
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -203,7 +203,7 @@ def _build_dinov2(*, weights: str | None, resize: int | None, **_) -> FrozenEnco
 
 
 class MAEFeatureEncoder(FrozenEncoder):
-    """The dataset-pretrained MAE encoder (mae.py): one GroupNorm map per stage."""
+    """The dataset-pretrained MAE encoder (mae.py): one map per stage."""
 
     def __init__(self, state: Mapping[str, torch.Tensor]) -> None:
         super().__init__()
@@ -211,6 +211,30 @@ class MAEFeatureEncoder(FrozenEncoder):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.net(x)
+
+    def official_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The official code's MAE maps: the stem, then every block's output (every second one in its deeper
+        ResNets; this one has a block or two per stage), each after a GroupNorm without parameters."""
+        h = self.net.stem(x)  # (B, w0, H, W)
+        maps = [h]
+        for stage in self.net.stages:
+            for block in stage:
+                h = block(h)
+                maps.append(F.group_norm(h, GN_GROUPS))
+        return maps
+
+
+class OfficialFeatureSet(FrozenEncoder):
+    """An encoder's maps for the `official` feature set: the raw image first (features.input_groups: `global`,
+    `norm_x`), then the encoder's `official_maps` where it has them (mae), else its usual maps."""
+
+    def __init__(self, encoder: FrozenEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps = self.encoder.official_maps(x) if hasattr(self.encoder, "official_maps") else self.encoder(x)
+        return [x, *maps]
 
 
 def _build_mae(*, mae_state: Mapping[str, torch.Tensor] | None, **_) -> FrozenEncoder:
@@ -227,6 +251,10 @@ ENCODERS: dict[str, Callable[..., FrozenEncoder]] = {
 }
 
 
+# basic: the encoder's maps (one per stage); official: DRIFTING.md sec. 6 (OfficialFeatureSet).
+FEATURE_SETS = ("basic", "official")
+
+
 def available_encoders() -> tuple[str, ...]:
     return tuple(ENCODERS)
 
@@ -234,12 +262,16 @@ def available_encoders() -> tuple[str, ...]:
 def validate(encoder: str, encoders) -> None:
     """The top-level `encoder` key and the pretrained encoders' keys of `encoders` (a config.EncodersConfig)."""
     choice(encoder, available_encoders(), "encoder")
+    choice(encoders.feature_set, FEATURE_SETS, "encoders.feature_set")
     require(encoders.dinov2.resize % 14 == 0, "encoders.dinov2.resize", "must be a multiple of the ViT patch size 14")
 
 
 def build_encoder(name: str, *, image_size: int, weights: str | None = None,
-                  mae_state: Mapping[str, torch.Tensor] | None = None, resize: int | None = None) -> nn.Module:
-    """Frozen encoder `name` for square `image_size` inputs. `resize`: DINOv2 input size (multiple of 14)."""
+                  mae_state: Mapping[str, torch.Tensor] | None = None, resize: int | None = None,
+                  feature_set: str = "basic") -> nn.Module:
+    """Frozen encoder `name` for square `image_size` inputs. `resize`: DINOv2 input size (multiple of 14).
+    feature_set `official` puts the raw image first and, for mae, the stem and every block (OfficialFeatureSet);
+    feed its maps to features.feature_groups(..., with_input=True)."""
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; valid: {', '.join(available_encoders())}")
     if image_size < 8:
@@ -248,4 +280,6 @@ def build_encoder(name: str, *, image_size: int, weights: str | None = None,
         raise ValueError(f"resize is the dinov2 input size (a multiple of 14); got {resize} for {name!r}")
     if weights is not None and name not in ("resnet18", "dinov2"):
         raise ValueError(f"weights is a pretrained checkpoint file for resnet18/dinov2, not for {name!r}")
-    return ENCODERS[name](weights=weights, mae_state=mae_state, resize=resize).freeze()
+    choice(feature_set, FEATURE_SETS, "encoders.feature_set")
+    encoder = ENCODERS[name](weights=weights, mae_state=mae_state, resize=resize)
+    return (OfficialFeatureSet(encoder) if feature_set == "official" else encoder).freeze()

@@ -25,13 +25,14 @@ def validate(cache_images: int, positives: int) -> None:
 def encoder_kwargs(params: Params, mae_state: dict | None) -> dict:
     """build_encoder's arguments for the configured encoder."""
     e = params.encoders
+    common = {"feature_set": e.feature_set}
     if params.encoder == "mae":
-        return {"mae_state": mae_state}
+        return {"mae_state": mae_state, **common}
     if params.encoder == "resnet18":
-        return {"weights": e.resnet18.weights}
+        return {"weights": e.resnet18.weights, **common}
     if params.encoder == "dinov2":
-        return {"weights": e.dinov2.weights, "resize": e.dinov2.resize}
-    return {}
+        return {"weights": e.dinov2.weights, "resize": e.dinov2.resize, **common}
+    return common
 
 
 def balanced_subset(labels: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -76,10 +77,10 @@ def median_seconds(fn, repeats: int = 5) -> float:
 
 
 def positives_timing(encoder: nn.Module, real: torch.Tensor, maps: list[torch.Tensor], positives: int,
-                     device: torch.device, gen: torch.Generator) -> dict[str, float]:
+                     device: torch.device, gen: torch.Generator, with_input: bool = False) -> dict[str, float]:
     """Median time to get one step's positive feature groups: from the cache vs re-encoding real images."""
     idx = torch.randint(len(real), (positives,), generator=gen)
-    cached = median_seconds(lambda: feature_groups([m[idx].to(device).float() for m in maps]))
-    encoded = median_seconds(lambda: feature_groups(encoder(to_float(real[idx]).to(device))))
+    cached = median_seconds(lambda: feature_groups([m[idx].to(device).float() for m in maps], with_input=with_input))
+    encoded = median_seconds(lambda: feature_groups(encoder(to_float(real[idx]).to(device)), with_input=with_input))
     return {"positives_ms_cached": round(cached * 1e3, 2), "positives_ms_reencoded": round(encoded * 1e3, 2),
             "positives_speedup": round(encoded / cached, 2)}

@@ -30,17 +30,28 @@ def _problems(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).permute(2, 0, 1)
 
 
+def input_groups(x: torch.Tensor, eps: float = 1e-6) -> dict[str, torch.Tensor]:
+    """The official code's two groups on the raw image [B, 3, H, W] (DRIFTING.md sec. 6): `global`, the whole
+    image as one vector [1, B, 3HW], and `norm_x`, each channel's RMS over the image [1, B, 3]. They see colour
+    and exact pixel layout, which an encoder's maps may discard."""
+    return {"global": x.flatten(1)[None], "norm_x": (x.square().mean((2, 3)) + eps).sqrt()[None]}
+
+
 def feature_groups(maps: Sequence[torch.Tensor], *, patch_sizes: Sequence[int] = (2, 4),
-                   max_locations: int | None = None, eps: float = 1e-6) -> dict[str, torch.Tensor]:
+                   max_locations: int | None = None, eps: float = 1e-6,
+                   with_input: bool = False) -> dict[str, torch.Tensor]:
     """Encoder maps (one [B, C, H, W] per depth d) -> {group name: [L, B, C]}.
+
+    with_input: maps[0] is the raw image and gives input_groups only (the `official` feature set); the encoder
+    maps after it are numbered from d0 as usual.
 
     Keys per depth: `d{d}.loc` (L = H*W), `d{d}.mean`, `d{d}.std` (L = 1), and `d{d}.p{p}.mean|std` for every p
     dividing H and W that leaves more than one patch (L = H*W / p^2). `max_locations` caps the per-location
     group by keeping every s-th row and column (`location_stride`); the grid is fixed, so cached real maps and
     generated maps give the same locations. The statistics always use every location.
     """
-    groups: dict[str, torch.Tensor] = {}
-    for d, x in enumerate(maps):
+    groups: dict[str, torch.Tensor] = input_groups(maps[0], eps) if with_input else {}
+    for d, x in enumerate(maps[1:] if with_input else maps):
         if x.dim() != 4:
             raise ValueError(f"map {d} must be [B, C, H, W]; got shape {tuple(x.shape)}")
         B, C, H, W = x.shape

@@ -48,12 +48,13 @@ def ddpm_objective(images: torch.Tensor, batch_size: int, device: torch.device, 
 
 def drift_objective(encoder: nn.Module, real_maps: list[torch.Tensor], *, batch_size: int, positives: int,
                     image_size: int, temperatures: tuple[float, ...], drift_kwargs: Mapping,
-                    group, device: torch.device) -> LossFn:
+                    group, device: torch.device, with_input: bool = False) -> LossFn:
     """Noise -> UNet (one step) -> frozen encoder -> drift loss against cached real feature maps.
 
     `real_maps`: cached encoder maps of real images (and their flips), one tensor [M, C, H, W] per depth, kept on
     the CPU in fp16 (possibly memory-mapped); each step draws `positives` of them, so the encoder never runs on
     real images here.
+    `with_input`: the maps start with the raw image (the `official` feature set, features.feature_groups).
     The encoder should be in channels-last memory format (the stage converts it): its convolutions run faster,
     and every feature group's rows [L, B, C] are then contiguous in C, so stacking them copies whole rows.
     """
@@ -66,11 +67,12 @@ def drift_objective(encoder: nn.Module, real_maps: list[torch.Tensor], *, batch_
         # Kernel maths in fp32 even when the generator runs bf16 (DRIFTING.md sec. 4): the generated images go
         # through the encoder in fp32, the path the cached real maps took, and the drift field never sees bf16.
         with torch.autocast(device.type, enabled=False):
-            gen_feats = feature_groups(encoder(x.float().contiguous(memory_format=torch.channels_last)))
+            gen_feats = feature_groups(encoder(x.float().contiguous(memory_format=torch.channels_last)),
+                                       with_input=with_input)
             idx = torch.randint(num_real, (positives,), generator=gen)
             # Channels-last like the generated maps, converted per draw: the cache itself may be memory-mapped.
             pos_feats = feature_groups([m[idx].to(device, memory_format=torch.channels_last).float()
-                                        for m in real_maps])
+                                        for m in real_maps], with_input=with_input)
             loss, stats = drift_loss(gen_feats, pos_feats, temperatures, group=group, **drift_kwargs)
         # Per-group stats ("name/group") would add dozens of CSV columns; the curves keep the overall ones.
         return loss, {k: v for k, v in stats.items() if "/" not in k and k != "loss"}
@@ -96,11 +98,12 @@ def conditional_drift_objective(encoder: nn.Module, real_maps: list[torch.Tensor
                                 num_classes: int, labels_per_step: int, batch_size: int, positives: int,
                                 negatives: int, alpha_range: tuple[float, float], alpha_power: float,
                                 image_size: int, temperatures: tuple[float, ...], drift_kwargs: Mapping,
-                                group, world_size: int, device: torch.device) -> LossFn:
+                                group, world_size: int, device: torch.device, with_input: bool = False) -> LossFn:
     """Class-conditional drifting (DRIFTING.md sec. 6, conditioning.py): per step `labels_per_step` classes,
     each with batch_size/labels_per_step generated samples at its own alpha, positives/labels_per_step cached
     real samples of that class and `negatives` unconditional cached real samples weighted by
-    negative_weight(alpha); one kernel problem per class and feature location.
+    negative_weight(alpha); one kernel problem per class and feature location. `with_input`: the maps start with
+    the raw image (the `official` feature set, features.feature_groups).
 
     Sizes are this rank's; under DDP every rank trains the same classes and alphas (rank 0 draws them) and the
     kernel problem of a class spans the generated and real rows of all ranks.
@@ -115,7 +118,8 @@ def conditional_drift_objective(encoder: nn.Module, real_maps: list[torch.Tensor
 
     def draw(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         # Channels-last like the generated maps, converted per draw: the cache itself may be memory-mapped.
-        return feature_groups([m[idx].to(device, memory_format=torch.channels_last).float() for m in real_maps])
+        return feature_groups([m[idx].to(device, memory_format=torch.channels_last).float() for m in real_maps],
+                              with_input=with_input)
 
     def loss_fn(model: nn.Module, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         classes = _shared(torch.randperm(num_classes, generator=gen)[:k], group, device)
@@ -124,7 +128,8 @@ def conditional_drift_objective(encoder: nn.Module, real_maps: list[torch.Tensor
         t = torch.full((k * g,), DRIFT_T, dtype=torch.long, device=device)
         x = model(z, t, classes.repeat_interleave(g).to(device), alpha.repeat_interleave(g).to(device))
         with torch.autocast(device.type, enabled=False):  # the kernel in fp32: see drift_objective
-            gen_feats = feature_groups(encoder(x.float().contiguous(memory_format=torch.channels_last)))
+            gen_feats = feature_groups(encoder(x.float().contiguous(memory_format=torch.channels_last)),
+                                       with_input=with_input)
             pos_idx = torch.cat([pools[c][torch.randint(len(pools[c]), (p,), generator=gen)] for c in classes.tolist()])
             neg_idx = torch.randint(num_real, (k * negatives,), generator=gen)
             w = negative_weight(alpha, g * world_size, negatives * world_size)
