@@ -45,7 +45,9 @@ def run(tmp_path: Path, argv: list[str], params: dict) -> subprocess.CompletedPr
 def with_training_data(tmp_path: Path) -> None:
     (tmp_path / "data/prepared").mkdir(parents=True)
     images = np.random.default_rng(0).integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
-    np.savez(tmp_path / "data/prepared/train.npz", images=images, labels=np.zeros(32, np.int64), class_names=["a"])
+    # Two classes: the micro params train class-conditional generators.
+    np.savez(tmp_path / "data/prepared/train.npz", images=images, labels=np.arange(32, dtype=np.int64) % 2,
+             class_names=["a", "b"])
 
 
 @pytest.mark.parametrize("kind, value", [("ddpm", "two"), ("drift", 0)])
