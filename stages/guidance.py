@@ -6,13 +6,12 @@ stage. An unconditional generator has one point, its only setting. A point whose
 stage used reuses that stage's first evaluate.sweep.samples images (the same noise and classes), not a re-run."""
 import time
 
-import torch
-
 from driftin import cli
 from driftin.benchmark import count_nfe
 from driftin.config import load_params
 from driftin.files import load_npz, read_json, write_csv, write_json
-from driftin.generators import class_labels, fixed_noise, generate, guidance_for, load_generator, num_classes, sampler
+from driftin.generators import (channels_last_sampler, class_labels, fixed_noise, generate, guidance_for,
+                                load_generator, num_classes)
 from driftin.judge import Judge
 from driftin.runtime import configure_threads, resolve_device
 from driftin.scores import significant
@@ -45,17 +44,13 @@ def main() -> None:
     for kind in ("ddpm", "drift"):
         values = getattr(ev.sweep, kind)
         model, record = load_generator(f"{args.models}/{kind}.pt", device)
-        model = model.to(memory_format=torch.channels_last)
         size, k = record["image_size"], num_classes(record)
         labels = class_labels(range(ev.sweep.samples), k)
         rows = []
         sampled = read_json(f"{args.sample_metrics}/sample_{kind}.json")
         for value in values if k else (1.0,):
             guidance = guidance_for(kind, k, value)
-            sample_nchw = sampler(kind, model, ev.ddim_steps, **guidance)
-
-            def sample(z, lab=None):
-                return sample_nchw(z.contiguous(memory_format=torch.channels_last), lab)
+            sample = channels_last_sampler(kind, model, ev.ddim_steps, **guidance)
 
             t0 = time.perf_counter()
             if sampled_with(sampled, kind) == guidance and sampled["num_samples"] >= ev.sweep.samples:

@@ -11,8 +11,9 @@ from driftin.config import load_params
 from driftin.ddpm import ddim_sample
 from driftin.files import atomic_path, load_npz, read_json
 from driftin.generators import class_labels, fixed_noise, load_generator, num_classes, sampler, to_uint8
+from driftin.live_log import read_evals, read_metrics
 from driftin.render import (batch_gif, class_grid, comparison_grid, per_class, plot_benchmark, plot_fid,
-                            plot_training_curves, speed_gif)
+                            plot_quality_curves, plot_training_curves, speed_gif)
 from driftin.runtime import configure_threads, resolve_device
 
 
@@ -54,8 +55,9 @@ def main() -> None:
     p.add_argument("--benchmark", required=True, help="the benchmark stage's metrics (JSON)")
     p.add_argument("--benchmark-plot", required=True, help="the benchmark stage's CSV")
     p.add_argument("--fid", required=True, help="the fid stage's metrics (JSON)")
-    p.add_argument("--ddpm-curve", required=True)
-    p.add_argument("--drift-curve", required=True)
+    p.add_argument("--ddpm-live", required=True, help="train_ddpm's DVCLive folder")
+    p.add_argument("--drift-live", required=True, help="train_drift's DVCLive folder")
+    p.add_argument("--train-metrics", required=True, help="folder holding train_<model>.json (the curve's floor)")
     args = p.parse_args()
     params = load_params(args.params)
     configure_threads()
@@ -107,9 +109,16 @@ def main() -> None:
     batch_gif(batches[:8], out / "batch.gif", nrow=int(np.ceil(np.sqrt(per_frame))), scale=scale,
               captions=[f"drift samples {i * per_frame}-{(i + 1) * per_frame - 1}" for i in range(len(batches[:8]))])
 
-    plot_training_curves({"ddpm": args.ddpm_curve}, out / "ddpm_training.png", columns=["loss"])
-    plot_training_curves({"drift": args.drift_curve}, out / "drift_training.png",
+    plot_training_curves({"ddpm": read_metrics(args.ddpm_live)}, out / "ddpm_training.png", columns=["loss"])
+    plot_training_curves({"drift": read_metrics(args.drift_live)}, out / "drift_training.png",
                          columns=["drift_norm", "energy"], logy=False)
+    curves = {kind: read_evals(getattr(args, f"{kind}_live")) for kind in ("ddpm", "drift")}
+    floor = read_json(f"{args.train_metrics}/train_ddpm.json").get("curve", {}).get("real_floor", {}).get("fid")
+    if any(curves.values()):
+        plot_quality_curves({f"{kind} ({nfe[kind]} NFE)": rows for kind, rows in curves.items()},
+                            out / "curves.png", floor=floor)
+    else:  # eval_every 0 for both: say so in the picture rather than leave a stale one
+        plot_quality_curves({}, out / "curves.png")
     fid = read_json(args.fid)
     plot_fid({"real (held-out)": fid["real_test"], "ddpm": {**fid["ddpm"], "nfe": nfe["ddpm"]},
               "drift": {**fid["drift"], "nfe": nfe["drift"]}, "noise": fid["noise"]}, out / "fid.png")

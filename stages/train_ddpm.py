@@ -18,7 +18,9 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--metrics", required=True)
-    p.add_argument("--plot", required=True)
+    p.add_argument("--live", required=True, help="DVCLive folder: live metrics and the training/quality curves")
+    p.add_argument("--eval", required=True, help="the reference stage's folder (the quality curve's judge)")
+    p.add_argument("--test", required=True, help="held-out split (the quality curve's real floor)")
     args = p.parse_args()
     params = load_params(args.params)
     cfg = params.ddpm
@@ -38,8 +40,8 @@ def main() -> None:
                  unet_overrides=overrides, loss_fn=loss_fn,
                  identity={"seed": params.seed, "conditional": params.conditional, "unet": as_dict(params.unet),
                            "ddpm": as_dict(cfg)},
-                 inputs=[Path(args.data)], out=args.out, metrics=args.metrics, plot=args.plot, info=info,
-                 device=device, log_every=max(1, cfg.steps // 200),
+                 inputs=[Path(args.data)], out=args.out, metrics=args.metrics, live=args.live, eval_dir=args.eval,
+                 test=args.test, info=info, device=device, log_every=max(1, cfg.steps // 200),
                  class_names=[str(c) for c in data["class_names"]] if k else None)
 
 

@@ -20,7 +20,9 @@ def main() -> None:
     p.add_argument("--features", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--metrics", required=True)
-    p.add_argument("--plot", required=True)
+    p.add_argument("--live", required=True, help="DVCLive folder: live metrics and the training/quality curves")
+    p.add_argument("--eval", required=True, help="the reference stage's folder (the quality curve's judge)")
+    p.add_argument("--test", required=True, help="held-out split (the quality curve's real floor)")
     args = p.parse_args()
     params = load_params(args.params)
     cfg = params.drift
@@ -71,7 +73,8 @@ def main() -> None:
                            "unet": as_dict(params.unet),
                            "drift": as_dict(cfg)},
                  inputs=[feats / "encoder.pt", feats / "real.pt"], out=args.out, metrics=args.metrics,
-                 plot=args.plot, info=info, device=device, log_every=max(1, cfg.steps // 200),
+                 live=args.live, eval_dir=args.eval, test=args.test, info=info, device=device,
+                 log_every=max(1, cfg.steps // 200),
                  class_names=list(real["class_names"]) if k else None,
                  extra_metrics={"encoder": params.encoder, "feature_set": params.encoders.feature_set})
 

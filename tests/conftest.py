@@ -22,9 +22,10 @@ MICRO = {
     "conditional": True,  # the class-conditional path end to end (the paper-scale dry run covers the other)
     "data": {"image_size": 16, "train_samples": 200, "test_samples": 40},
     "unet": {"preset": "tiny"},
-    "ddpm": {"steps": 6, "batch_size": 8, "warmup": 2, "checkpoint_every": 2},
-    "drift": {"steps": 4, "batch_size": 8, "positives": 16, "warmup": 2, "checkpoint_every": 2,
-              "conditioning": {"labels_per_step": 4, "negatives": 4}},
+    # The curve's samples = evaluate.num_samples: its last point must then equal the fid stage's figure.
+    "ddpm": {"steps": 6, "batch_size": 8, "warmup": 2, "checkpoint_every": 2, "eval_every": 2, "eval_samples": 24},
+    "drift": {"steps": 4, "batch_size": 8, "positives": 16, "warmup": 2, "checkpoint_every": 2, "eval_every": 2,
+              "eval_samples": 24, "conditioning": {"labels_per_step": 4, "negatives": 4}},
     "encoders": {"cache_images": 32, "mae": {"steps": 3, "batch_size": 16, "train_images": 64, "heldout_images": 16}},
     "evaluate": {"num_samples": 24, "ddim_steps": 5, "reference_samples": 100, "batch_size": 24, "bootstrap": 10,
                  "sweep": {"samples": 20, "ddpm": [1.0, 2.0], "drift": [1.0, 2.0]}},

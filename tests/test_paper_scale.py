@@ -25,7 +25,7 @@ DRY_RUN = {
     "evaluate.ddim_steps": "2", "evaluate.batch_size": "12", "data.test_samples": "12",
     "benchmark.modes": "[eager_fp32,eager_bf16,cuda_graphs]", "benchmark.batch_sizes": "[1,2]",
     "benchmark.ddim_steps": "2", "benchmark.repeats": "1", "render.grid_samples": "4",
-    "data.verify_checksums": "false",
+    "data.verify_checksums": "false", "ddpm.eval_samples": "12", "drift.eval_samples": "12",
     # The shipped mae encoder's stage re-runs at 32 px (its data.image_size dep); the preset uses dinov2/resnet18.
     "encoders.mae.steps": "2", "encoders.mae.batch_size": "4", "encoders.mae.train_images": "16",
     "encoders.mae.heldout_images": "8",

@@ -18,7 +18,7 @@ from conftest import env, make_repo, merge, micro_params, sh, stage_args, toy_im
 pytestmark = pytest.mark.slow
 
 TIMING_KEYS = {"train_seconds", "images_per_s", "seconds", "cache_seconds", "positives_ms_cached",
-               "positives_ms_reencoded", "positives_speedup"}
+               "positives_ms_reencoded", "positives_speedup", "eval_seconds", "eval_share"}
 
 
 def read(repo: Path, rel: str):
@@ -26,7 +26,7 @@ def read(repo: Path, rel: str):
 
 
 def without_timing(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in TIMING_KEYS}
+    return {k: without_timing(v) if isinstance(v, dict) else v for k, v in d.items() if k not in TIMING_KEYS}
 
 
 def test_repro_runs_every_stage(micro_repo):
@@ -45,7 +45,7 @@ def test_repro_runs_every_stage(micro_repo):
     rows = (micro_repo / "plots/benchmark.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 2 * 2  # header + model x mode x batch
     for name in ("grid.png", "speed.gif", "batch.gif", "ddpm_training.png", "drift_training.png", "fid.png",
-                 "benchmark.png"):
+                 "benchmark.png", "curves.png"):
         assert (micro_repo / "plots/images" / name).stat().st_size > 1000, name
     assert read(micro_repo, "metrics/train_ddpm.json")["steps"] == 6
     # Guidance: CFG doubles DDPM's network evaluations (counted, not assumed); one per drifting sample at any alpha.
@@ -58,6 +58,28 @@ def test_repro_runs_every_stage(micro_repo):
     assert read(micro_repo, "metrics/train_drift.json")["encoder"] == "mae"
     status = sh(micro_repo, "dvc", "status").stdout
     assert "up to date" in status, status
+
+
+def test_the_curves_last_point_is_the_fid_stages_figure(micro_repo):
+    """eval_samples = evaluate.num_samples in the micro params: the curve's last point scores the same weights on the
+    same noise, classes and guidance with the same judge as sample + fid, so the figures must be equal."""
+    fid = read(micro_repo, "metrics/fid.json")
+    for kind, steps in (("ddpm", 6), ("drift", 4)):
+        curve = read(micro_repo, f"plots/train_{kind}/plots/custom/eval.json")
+        assert [p["step"] for p in curve] == list(range(2, steps + 1, 2))
+        assert all(p["train_seconds"] <= q["train_seconds"] for p, q in zip(curve, curve[1:]))
+        last = curve[-1]
+        for score in ("fid", "kid", "recognisability"):
+            for key in (score, f"{score}_lo", f"{score}_hi"):
+                assert last[key] == pytest.approx(fid[kind][key], rel=1e-6, abs=1e-9), (kind, key)
+        train = read(micro_repo, f"metrics/train_{kind}.json")
+        assert train["curve"]["points"] == len(curve) and train["curve"]["final"]["fid"] == last["fid"]
+        assert train["curve"]["real_floor"]["fid"] == pytest.approx(fid["real_test"]["fid"], rel=1e-6)
+        # DVCLive: the live summary ends at the last step, one TSV row per logged step
+        live = read(micro_repo, f"plots/train_{kind}/metrics.json")
+        assert live["step"] == steps and live["eval"]["fid"] == last["fid"]
+        loss = (micro_repo / f"plots/train_{kind}/plots/metrics/loss.tsv").read_text().splitlines()
+        assert loss[0] == "step\tloss" and len(loss) == 1 + steps
 
 
 def test_finished_training_leaves_no_checkpoint(micro_repo):
@@ -117,7 +139,8 @@ def test_exp_run_pixel_changes_drift_only(micro_repo):
 
 
 def test_killed_training_resumes_from_checkpoint(tmp_path):
-    params = merge(micro_params(), {"ddpm": {"steps": 400, "checkpoint_every": 2}})
+    # No quality curve: this is about the kill (resuming the curve is tests/test_trainer.py's).
+    params = merge(micro_params(), {"ddpm": {"steps": 400, "checkpoint_every": 2, "eval_every": 0}})
     repo = make_repo(tmp_path, params)
     sh(repo, "dvc", "repro", "prepare")
     proc = subprocess.Popen(["python", "stages/train_ddpm.py", *stage_args("train_ddpm.py")], cwd=repo, env=env(),

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from driftin.exps import ablation_markdown, runs, spread_markdown
-from driftin.report import END, SEEDS_END, SEEDS_START, START, results_markdown, update_readme
+from driftin.report import (END, REACH_MARGIN, SEEDS_END, SEEDS_START, START, first_reaching, reach_markdown,
+                            results_markdown, update_readme)
 
 # Recorded `dvc exp show --json` (DVC 3.67) after `dvc exp run --queue -S seed=0,1,2 && dvc queue start` in a
 # stand-in repository whose one stage writes metrics/fid.json and train_*.json in the pipeline's layout.
@@ -107,3 +108,44 @@ def test_ablation_has_a_row_per_experiment_with_the_params_that_differ():
     assert len(lines) == 2 + len(found)
     drift_fid = found[0].metrics["metrics/fid.json"]["drift"]["fid"]
     assert f"| {drift_fid:.2f} |" in lines[2]
+
+
+def curve(*points):
+    return [{"step": s, "train_seconds": t, "fid": f, "fid_lo": f - 1, "fid_hi": f + 1, "kid": 0.5, "kid_lo": 0.4,
+             "kid_hi": 0.6} for s, t, f in points]
+
+
+def test_reach_table_reads_the_first_point_at_or_below_each_target():
+    curves = {"ddpm": curve((60, 30.0, 90.0), (120, 61.0, 70.0), (180, 92.0, 60.0)),
+              "drift": curve((60, 50.0, 65.0), (120, 101.0, 50.0), (180, 150.0, 45.0))}
+    text = reach_markdown(curves, floor=10.0)
+    assert first_reaching(curves["drift"], 60.0)["step"] == 120
+    # 2 x 10 + margin: neither gets there
+    assert f"| 2 x floor + {REACH_MARGIN:g} = {20 + REACH_MARGIN:.1f} | not in 180 | - | not in 180 | - |" in text
+    # DDPM's final FID (60): drifting first at or below it at step 120, 101 s
+    assert "| DDPM (DDIM)'s final, 60.0 | 180 | 92 s | 120 | 101 s |" in text
+    assert "| drifting's final, 45.0 | not in 180 | - | 180 | 150 s |" in text
+
+
+def test_reach_table_is_empty_until_the_run_exists():
+    text = reach_markdown({"ddpm": [], "drift": []}, floor=None)
+    assert text.startswith("Not run yet")
+    assert text.count("\n| ") == 4 and "| DDPM's final FID |" in text
+
+
+def test_results_carry_the_curve_section_when_the_run_has_curves(tmp_path):
+    (tmp_path / "m").mkdir()
+    metrics = fake_metrics(tmp_path / "m")
+    plots = tmp_path / "p"
+    for kind, points in (("ddpm", ((5, 1.0, 30.0), (10, 2.0, 12.5))), ("drift", ((5, 1.5, 20.0), (7, 2.0, 9.25)))):
+        rows = curve(*points)
+        (plots / f"train_{kind}/plots/custom").mkdir(parents=True)
+        (plots / f"train_{kind}/plots/custom/eval.json").write_text(json.dumps(rows))
+        train = json.loads((metrics / f"train_{kind}.json").read_text())
+        train["curve"] = {"points": 2, "samples": 50, "eval_seconds": 4.0, "eval_share": 0.2, "final": rows[-1],
+                          "real_floor": {"fid": 1.5}}
+        (metrics / f"train_{kind}.json").write_text(json.dumps(train))
+    text = results_markdown(metrics, plots)
+    assert "first 50 of the same noise vectors" in text and "score 1.50 there" in text
+    assert "| drifting | 2 | 9.25 [8.25, 10.25] | 0.500 [0.400, 0.600] | 4 s (20.0% of the stage) |" in text
+    assert "| DDPM (DDIM)'s final, 12.5 | 10 | 2 s | 7 | 2 s |" in text

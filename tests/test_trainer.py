@@ -18,7 +18,7 @@ SINGLE = DistInfo(rank=0, world_size=1, local_rank=0)
 
 def cfg(steps=12, every=4, **kw):
     base = dict(steps=steps, batch_size=8, lr=0.05, warmup=2, grad_clip=1.0, ema=0.9, checkpoint_every=every,
-                nproc_per_node=1)
+                nproc_per_node=1, eval_every=0, eval_samples=4)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -34,9 +34,9 @@ def fresh_model():
     return nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.1), nn.Linear(8, 1))
 
 
-def run(tmp_path, c, loss=regression_loss, name="ckpt"):
+def run(tmp_path, c, loss=regression_loss, name="ckpt", **kw):
     return train(fresh_model(), loss, c, checkpoint=tmp_path / name / "last.pt", seed=3, info=SINGLE,
-                 device=torch.device("cpu"), desc="test", log_every=1, progress=False)
+                 device=torch.device("cpu"), desc="test", log_every=1, progress=False, **kw)
 
 
 def interrupt_at(step: int):
@@ -133,7 +133,8 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     with pytest.raises(TrainingInterrupted):
         run(tmp_path, cfg(), loss=interrupt_at(5))
     state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
-    assert set(state) == {"model", "ema", "opt", "rng", "history", "step", "elapsed_s"}
+    assert set(state) == {"model", "ema", "opt", "rng", "history", "step", "elapsed_s", "evals",
+                          "eval_seconds"}
     assert state["rng"][0]["gen"].dtype == torch.uint8 and state["opt"]["state"]
 
 
@@ -191,3 +192,62 @@ def test_resume_on_cuda_matches_uninterrupted_run(tmp_path):
     assert resumed.resumed_from == 8
     for a, b in zip(full.model.parameters(), resumed.model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def noisy_evaluation(ema):
+    """A curve point that draws from torch's global RNG (as a sampler with dropout or a bootstrap might) and
+    reads the EMA: the loop must keep it away from the training streams."""
+    torch.randn(1000)
+    return {"fid": float(sum(p.abs().sum() for p in ema.parameters()))}
+
+
+def test_quality_curve_points_at_every_eval_step_and_the_last(tmp_path):
+    logged = []
+    result = run(tmp_path, cfg(steps=10, eval_every=4), evaluate=noisy_evaluation,
+                 on_log=lambda kind, row: logged.append((kind, row["step"])))
+    assert [r["step"] for r in result.evals] == [4, 8, 10]
+    # the last point judges the returned EMA weights
+    assert result.evals[-1]["fid"] == noisy_evaluation(result.ema)["fid"]
+    assert [s for k, s in logged if k == "eval"] == [4, 8, 10]
+    assert [s for k, s in logged if k == "train"] == list(range(1, 11))
+    secs = [r["train_seconds"] for r in result.evals]
+    assert secs == sorted(secs) and result.eval_seconds > 0
+    assert all(r["eval_seconds"] >= 0 for r in result.evals)
+
+
+def test_the_quality_curve_does_not_change_what_is_trained(tmp_path):
+    """Evaluating draws from the global RNG (dropout's stream here): without the forked RNG the weights of a run
+    with the curve would differ from one without it."""
+    plain = run(tmp_path, cfg(steps=10), name="plain")
+    judged = run(tmp_path, cfg(steps=10, eval_every=3), name="judged", evaluate=noisy_evaluation)
+    assert len(judged.evals) == 4
+    for a, b in zip(plain.model.parameters(), judged.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [r["loss"] for r in plain.history] == [r["loss"] for r in judged.history]
+
+
+def test_evaluation_time_is_not_training_time(tmp_path):
+    import time
+
+    def slow(ema):
+        time.sleep(0.3)
+        return {"fid": 1.0}
+    result = run(tmp_path, cfg(steps=6, eval_every=2), evaluate=slow)
+    assert result.eval_seconds >= 0.9
+    assert result.train_seconds < 0.8  # the three 0.3 s sleeps are not in it (6 steps of a tiny net: ~10 ms)
+    assert result.evals[-1]["train_seconds"] <= result.train_seconds
+
+
+def test_resume_continues_the_curve_and_replays_it_to_the_log(tmp_path):
+    full = run(tmp_path, cfg(steps=12, eval_every=4), name="full", evaluate=noisy_evaluation)
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path, cfg(steps=12, eval_every=4), loss=interrupt_at(9), name="part", evaluate=noisy_evaluation)
+    logged = []
+    resumed = run(tmp_path, cfg(steps=12, eval_every=4), name="part", evaluate=noisy_evaluation,
+                  on_log=lambda kind, row: logged.append((kind, row["step"])))
+    assert resumed.resumed_from == 9
+    assert [r["step"] for r in resumed.evals] == [4, 8, 12]
+    assert [r["fid"] for r in resumed.evals] == [r["fid"] for r in full.evals]
+    # the checkpoint's rows first (so a fresh DVCLive folder holds the whole run), then the new ones
+    assert [s for k, s in logged if k == "eval"] == [4, 8, 12]
+    assert [s for k, s in logged if k == "train"] == list(range(1, 13))

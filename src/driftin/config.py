@@ -49,6 +49,8 @@ class TrainConfig:
     ema: float
     checkpoint_every: int
     nproc_per_node: int
+    eval_every: int  # in-training evaluation (quality curves) every this many steps; 0 = off
+    eval_samples: int  # samples per in-training evaluation
 
 
 @dataclass(frozen=True)

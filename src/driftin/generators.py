@@ -78,6 +78,18 @@ def sampler(kind: str, model: nn.Module, ddim_steps: int = 50, *, guidance: floa
     raise ValueError(f"unknown generator kind {kind!r}; expected one of {KINDS}")
 
 
+def channels_last_sampler(kind: str, model: nn.Module, ddim_steps: int = 50, **guidance: Any) -> Callable[..., torch.Tensor]:
+    """sampler() with the model (converted in place) and each call's noise in channels-last (NHWC) memory: oneDNN's
+    convolutions ran DDIM-50 ~1.2x faster on 2 CPU cores, and tensor cores want it on GPUs. Same images as sampler()
+    up to float rounding. Every stage that samples for scoring uses this one, so their images agree."""
+    model = model.to(memory_format=torch.channels_last)
+    sample_nchw = sampler(kind, model, ddim_steps, **guidance)
+
+    def sample(z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return sample_nchw(z.contiguous(memory_format=torch.channels_last), labels)
+    return sample
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """[-1, 1] NCHW float -> uint8 NHWC."""
     x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -112,11 +124,12 @@ def guidance_for(kind: str, k: int, value: Any) -> dict[str, Any]:
 
 @torch.no_grad()
 def generate(sample: Callable[..., torch.Tensor], num: int, *, image_size: int, seed: int,
-             batch_size: int, device: torch.device, desc: str = "sampling", num_classes: int = 0) -> np.ndarray:
+             batch_size: int, device: torch.device, desc: str = "sampling", num_classes: int = 0,
+             progress: bool = True) -> np.ndarray:
     """Samples 0..num-1 from their fixed noise, as uint8 NHWC; with num_classes K, sample i is of class i mod K
     (`sample(z, labels)`)."""
     out = []
-    for start in tqdm(range(0, num, batch_size), desc=desc, dynamic_ncols=True):
+    for start in tqdm(range(0, num, batch_size), desc=desc, dynamic_ncols=True, disable=not progress):
         idx = range(start, min(num, start + batch_size))
         z = fixed_noise(idx, (3, image_size, image_size), seed).to(device)
         labels = class_labels(idx, num_classes)

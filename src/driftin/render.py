@@ -258,10 +258,10 @@ def _save_fig(fig: Any, path: str | os.PathLike) -> Path:
         _pyplot().close(fig)
 
 
-def plot_training_curves(curves: Mapping[str, str | os.PathLike], path: str | os.PathLike, *, x: str = "step",
-                         columns: Sequence[str] | None = None, logy: bool = True) -> Path:
-    """One subplot per metric column, one line per run. curves: run label -> CSV with an `x` column."""
-    frames = {label: pd.read_csv(p) for label, p in curves.items()}
+def plot_training_curves(curves: Mapping[str, pd.DataFrame | str | os.PathLike], path: str | os.PathLike, *,
+                         x: str = "step", columns: Sequence[str] | None = None, logy: bool = True) -> Path:
+    """One subplot per metric column, one line per run. curves: run label -> table (or CSV) with an `x` column."""
+    frames = {label: p if isinstance(p, pd.DataFrame) else pd.read_csv(p) for label, p in curves.items()}
     if columns is None:
         columns = sorted({c for df in frames.values() for c in df.select_dtypes("number").columns if c != x})
     fig, axes = _pyplot().subplots(1, len(columns), figsize=(4.2 * len(columns), 3.2), squeeze=False)
@@ -274,6 +274,39 @@ def plot_training_curves(curves: Mapping[str, str | os.PathLike], path: str | os
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+def plot_quality_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike, *,
+                        floor: float | None = None) -> Path:
+    """The quality curves of several runs (label -> eval rows: step, train_seconds, fid, fid_lo, fid_hi, and
+    recognisability or else confidence): FID against steps and against training seconds, with the bootstrap 95%
+    band, and the recognisability (or confidence) against steps. `floor`: held-out real images' FID at the same
+    sample count, drawn as the curve's zero."""
+    third = ("recognisability" if all(r.get("recognisability") is not None for rows in curves.values() for r in rows)
+             else "confidence")
+    fig, axes = _pyplot().subplots(1, 3, figsize=(13.5, 3.6))
+    for i, (label, rows) in enumerate(curves.items()):
+        df = pd.DataFrame(list(rows))
+        if df.empty:
+            continue
+        for ax, x in zip(axes[:2], ("step", "train_seconds")):
+            ax.plot(df[x], df["fid"], marker="o", color=f"C{i}", label=label, linewidth=1.4)
+            if {"fid_lo", "fid_hi"} <= set(df):
+                ax.fill_between(df[x], df["fid_lo"], df["fid_hi"], color=f"C{i}", alpha=0.2, linewidth=0)
+        if third in df:
+            axes[2].plot(df["step"], df[third], marker="o", color=f"C{i}", label=label, linewidth=1.4)
+    for ax, x, title in ((axes[0], "training step", "FID during training"),
+                         (axes[1], "training seconds (evaluation excluded)", "FID against wall-clock"),
+                         (axes[2], "training step", {"recognisability": "recognisability (share of the requested class)",
+                                                     "confidence": "evaluator confidence (mean top-class prob.)"}[third])):
+        if floor is not None and ax is not axes[2]:
+            ax.axhline(floor, color="0.4", linestyle=":", label="held-out real (floor)")
+        ax.set(xlabel=x, title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("FID (lower is better)")
     fig.tight_layout()
     return _save_fig(fig, path)
 

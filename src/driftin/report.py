@@ -4,6 +4,7 @@
     python -m driftin.report --readme README.md     # rewrite the block between the results markers
     python -m driftin.report --exps [--readme README.md]   # mean +/- std over seeds from `dvc exp show --json`
     python -m driftin.report --ablation [--readme README.md]   # one row per experiment (e.g. conditional=false,true)
+    python -m driftin.report --paper --readme README.md   # this run's steps/seconds-to-FID into the paper-scale block
 """
 from __future__ import annotations
 
@@ -13,10 +14,16 @@ import re
 from pathlib import Path
 
 from driftin.exps import ablation_markdown, exp_show, number, spread_markdown
+from driftin.live_log import read_evals
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 SEEDS_START, SEEDS_END = "<!-- seeds:start -->", "<!-- seeds:end -->"
 ABLATION_START, ABLATION_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
+PAPER_START, PAPER_END = "<!-- paper-reach:start -->", "<!-- paper-reach:end -->"
+# The "near the floor" target: twice the held-out real images' FID at the curve's sample count, plus this margin
+# (the floor alone is ~0 in a strong judge's space; the margin is what a visibly good generator still scores).
+REACH_MARGIN = 5.0
+MODELS = {"ddpm": "DDPM (DDIM)", "drift": "drifting"}
 
 
 def _load(metrics: Path, name: str) -> dict:
@@ -28,7 +35,7 @@ def _interval(m: dict, key: str, decimals: int) -> str:
     return f"{number(m[key], decimals)} [{number(m[key + '_lo'], decimals)}, {number(m[key + '_hi'], decimals)}]"
 
 
-def results_markdown(metrics: Path = Path("metrics")) -> str:
+def results_markdown(metrics: Path = Path("metrics"), plots: Path = Path("plots")) -> str:
     fid, bench = _load(metrics, "fid"), _load(metrics, "benchmark")
     train = {k: _load(metrics, f"train_{k}") for k in ("ddpm", "drift")}
     nfe = {k: _load(metrics, f"sample_{k}")["nfe"] for k in ("ddpm", "drift")}  # what the FID samples used
@@ -85,7 +92,61 @@ def results_markdown(metrics: Path = Path("metrics")) -> str:
     for k, t in train.items():
         lines.append(f"| {k} | {t['steps']} | {t['batch_size']} | {t['train_seconds']:.0f} s | "
                      f"{t['images_per_s']:.0f} |")
+    return "\n".join(lines) + curves_markdown(metrics, plots)
+
+
+def first_reaching(rows: list[dict], target: float) -> dict | None:
+    """The first curve point whose FID is at or below `target` (None if none): conservative by up to eval_every
+    steps, since nothing is interpolated between points."""
+    return next((r for r in rows if r["fid"] <= target), None)
+
+
+def reach_markdown(curves: dict[str, list[dict]], floor: float | None) -> str:
+    """Steps and training seconds each generator needed to reach three FIDs: near the floor (2 x floor + margin),
+    DDPM's final curve FID and drifting's; empty cells (and a note) for a run not made yet."""
+    header = ["| target FID | " + " | ".join(f"{MODELS[k]}: steps | {MODELS[k]}: seconds" for k in MODELS) + " |",
+              "|---" * (1 + 2 * len(MODELS)) + "|"]
+    if not any(curves.values()) or floor is None:
+        names = [f"2 x floor + {REACH_MARGIN:g}", "DDPM's final FID", "drifting's final FID"]
+        return "\n".join(["Not run yet: filled in by `python -m driftin.report --paper --readme README.md` after "
+                          "the run.", "", *header, *(f"| {n} |" + " |" * (2 * len(MODELS)) for n in names)])
+    targets = [(f"2 x floor + {REACH_MARGIN:g} = {2 * floor + REACH_MARGIN:.1f}", 2 * floor + REACH_MARGIN)]
+    targets += [(f"{MODELS[k]}'s final, {curves[k][-1]['fid']:.1f}", curves[k][-1]["fid"]) for k in MODELS
+                if curves.get(k)]
+    lines = list(header)
+    for name, target in targets:
+        cells = []
+        for k in MODELS:
+            hit = first_reaching(curves.get(k, []), target)
+            last = curves[k][-1]["step"] if curves.get(k) else 0
+            cells += [str(hit["step"]), f"{hit['train_seconds']:.0f} s"] if hit else [f"not in {last}", "-"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def curves_markdown(metrics: Path, plots: Path) -> str:
+    """The quality-curve section of the results: where each curve ends, its cost, and the reach table."""
+    train = {k: _load(metrics, f"train_{k}") for k in MODELS}
+    if not all("curve" in t for t in train.values()):
+        return ""
+    curves = {k: read_evals(plots / f"train_{k}") for k in MODELS}
+    c = {k: t["curve"] for k, t in train.items()}
+    floor = c["ddpm"]["real_floor"]["fid"]
+    lines = [
+        "",
+        f"Quality over training ([chart](plots/images/curves.png)): the EMA weights judged during training like the "
+        f"final model above, on the first {c['ddpm']['samples']} of the same noise vectors (FID reads higher at "
+        f"fewer samples: held-out real images score {floor:.2f} there, the curve's floor). Seconds are training "
+        "seconds, evaluation excluded; the first point at or below each target is reported (no interpolation).",
+        "",
+        "| model | points | final FID | final KID | evaluation cost |",
+        "|---|---|---|---|---|",
+    ]
+    for k in MODELS:
+        f = c[k]["final"]
+        lines.append(f"| {MODELS[k]} | {c[k]['points']} | {_interval(f, 'fid', 2)} | {_interval(f, 'kid', 3)} | "
+                     f"{c[k]['eval_seconds']:.0f} s ({c[k]['eval_share']:.1%} of the stage) |")
+    return "\n".join([*lines, "", reach_markdown(curves, floor)])
 
 
 def update_readme(readme: Path, block: str, start: str = START, end: str = END) -> None:
@@ -99,6 +160,9 @@ def update_readme(readme: Path, block: str, start: str = START, end: str = END) 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--metrics", default="metrics", type=Path)
+    p.add_argument("--plots", default="plots", type=Path, help="holds train_<model>/ (the DVCLive curves)")
+    p.add_argument("--paper", action="store_true",
+                   help="write this (paper-scale) run's steps/seconds-to-FID table into the paper-scale block")
     p.add_argument("--readme", type=Path, help="rewrite this file's results block instead of printing")
     p.add_argument("--exps", action="store_true", help="mean +/- std over the seeds of `dvc exp show`")
     p.add_argument("--ablation", action="store_true", help="one row per experiment of `dvc exp show`")
@@ -111,8 +175,13 @@ def main() -> None:
             block, markers = ablation_markdown(show), (ABLATION_START, ABLATION_END)
         else:
             block, markers = spread_markdown(show), (SEEDS_START, SEEDS_END)
+    elif args.paper:
+        curves = {k: read_evals(args.plots / f"train_{k}") for k in MODELS}
+        train = _load(args.metrics, "train_ddpm")
+        floor = train["curve"]["real_floor"]["fid"] if "curve" in train else None
+        block, markers = reach_markdown(curves, floor), (PAPER_START, PAPER_END)
     else:
-        block, markers = results_markdown(args.metrics), (START, END)
+        block, markers = results_markdown(args.metrics, args.plots), (START, END)
     if args.readme:
         update_readme(args.readme, block, *markers)
     else:

@@ -4,6 +4,10 @@ DDPM and drifting differ only in the `loss_fn` they pass. The loop owns everythi
 periodic atomic checkpoints keyed by the run's identity (params, input bytes and code), resume after Ctrl-C/kill, a
 clean stop on NaN/Inf. Checkpoints exist only mid-run: the last step's state goes to the stage's outputs, never to a
 checkpoint, so a finished run can never be "resumed" into a result under newer code or params.
+
+Every cfg.eval_every steps (and after the last) rank 0 hands the EMA weights to an `evaluate` callback (the quality
+curve); its time is kept out of the training seconds and img/s, and it runs under a forked RNG, so a run with the
+curve trains exactly the weights of a run without it.
 """
 from __future__ import annotations
 
@@ -30,6 +34,10 @@ from .runtime import DistInfo
 
 # loss_fn(model, generator) -> (scalar loss, {name: float}) for one optimisation step on this rank's share.
 LossFn = Callable[[nn.Module, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+# evaluate(ema model) -> {score: float}: one point of the quality curve (rank 0 only).
+EvalFn = Callable[[nn.Module], dict[str, float]]
+# on_log(kind, row): every history row ("train") and curve point ("eval") as it is made, e.g. to DVCLive.
+LogFn = Callable[[str, dict[str, float]], None]
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,6 +57,8 @@ class TrainResult:
     train_seconds: float
     resumed_from: int
     images_per_s: float = field(default=0.0)
+    evals: list[dict[str, float]] = field(default_factory=list)  # the quality curve, one row per evaluation
+    eval_seconds: float = 0.0  # spent on `evals`, all runs (not in train_seconds)
 
 
 def validate(cfg: TrainConfig, section: str) -> None:
@@ -58,6 +68,10 @@ def validate(cfg: TrainConfig, section: str) -> None:
     require(cfg.warmup >= 0, f"{section}.warmup", f"must be >= 0, got {cfg.warmup}")
     require(cfg.grad_clip > 0, f"{section}.grad_clip", f"must be positive, got {cfg.grad_clip}")
     require(0 <= cfg.ema < 1, f"{section}.ema", f"must be in [0, 1), got {cfg.ema}")
+    require(cfg.eval_every >= 0, f"{section}.eval_every", f"must be >= 0 (0 turns the curve off), got {cfg.eval_every}")
+    from .fidelity import MIN_SAMPLES  # FID's covariance and precision/recall's k-NN need a few samples
+    require(cfg.eval_samples >= MIN_SAMPLES, f"{section}.eval_samples",
+            f"must be at least {MIN_SAMPLES}, got {cfg.eval_samples}")
     require(cfg.batch_size % cfg.nproc_per_node == 0, f"{section}.batch_size",
             f"({cfg.batch_size}) must be divisible by {section}.nproc_per_node ({cfg.nproc_per_node}): "
             "every rank takes an equal share of the global batch.")
@@ -118,15 +132,20 @@ def train(
     desc: str,
     log_every: int,
     progress: bool = True,
+    evaluate: EvalFn | None = None,
+    on_log: LogFn | None = None,
 ) -> TrainResult:
-    """Train `model` for cfg.steps, resuming from `checkpoint` if it exists. Only rank 0 writes the checkpoint."""
+    """Train `model` for cfg.steps, resuming from `checkpoint` if it exists. Only rank 0 writes the checkpoint,
+    evaluates (`evaluate`, every cfg.eval_every steps and after the last; other ranks wait at their next
+    collective) and logs (`on_log`; a resumed run first replays the checkpoint's rows)."""
     model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
     # Per-rank stream for batches and noise; its state is checkpointed so a resumed run draws what it would have.
     gen = torch.Generator().manual_seed(seed * 1000 + info.rank)
     history: list[dict[str, float]] = []
-    start, elapsed = 0, 0.0
+    evals: list[dict[str, float]] = []
+    start, elapsed, eval_seconds = 0, 0.0, 0.0
 
     # Load to the CPU: RNG states must stay CPU ByteTensors (map_location=cuda broke every resume on a GPU);
     # load_state_dict copies weights and optimizer state to the parameters' device.
@@ -143,9 +162,15 @@ def train(
         opt.load_state_dict(state["opt"])
         _set_rng_states(state["rng"][info.rank % len(state["rng"])], gen, device)
         history, start, elapsed = state["history"], state["step"], state["elapsed_s"]
+        evals, eval_seconds = state["evals"], state["eval_seconds"]
         if info.is_main:
             tqdm.write(f"[{desc}] resuming from step {start}/{cfg.steps} ({checkpoint})")
     resumed_from = start
+    evaluating = evaluate is not None and cfg.eval_every > 0 and info.is_main
+    log = on_log if on_log is not None and info.is_main else (lambda kind, row: None)
+    for kind, rows in (("train", history), ("eval", evals)):
+        for row in rows:
+            log(kind, row)
 
     net = DistributedDataParallel(model) if info.world_size > 1 else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -155,7 +180,8 @@ def train(
         if info.is_main:
             torch_save(checkpoint, {
                 "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "rng": rng,
-                "history": history, "step": step, "elapsed_s": elapsed,
+                "history": history, "step": step, "elapsed_s": elapsed, "evals": evals,
+                "eval_seconds": eval_seconds,
             })
 
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not (progress and info.is_main), dynamic_ncols=True)
@@ -195,7 +221,19 @@ def train(
                 row = {"step": done, "loss": sum(window) / len(window), "lr": lr_at(step, cfg)}
                 row.update({k: sum(v) / len(v) for k, v in window_stats.items()})
                 history.append(row)
+                log("train", row)
                 window, window_stats = [], {}
+            if evaluating and (done % cfg.eval_every == 0 or done == cfg.steps):
+                t_eval = time.perf_counter()
+                # Forked RNG: sampling and the bootstrap must not move the streams training draws from.
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    scores = evaluate(ema)
+                spent = time.perf_counter() - t_eval
+                eval_seconds += spent
+                evals.append({"step": done, "train_seconds": round(elapsed, 3), "eval_seconds": round(spent, 3),
+                              **scores})
+                log("eval", evals[-1])
+                tick = time.perf_counter()  # the evaluation is not training time
             ips = (done - resumed_from) * cfg.batch_size / run_elapsed
             bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{ips:.0f}", refresh=False)
             bar.update(1)
@@ -215,6 +253,7 @@ def train(
     return TrainResult(
         model=model, ema=ema, history=history, steps=cfg.steps, train_seconds=elapsed,
         resumed_from=resumed_from, images_per_s=cfg.batch_size * trained / run_elapsed if trained else 0.0,
+        evals=evals, eval_seconds=eval_seconds,
     )
 
 
