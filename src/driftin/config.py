@@ -49,6 +49,8 @@ class TrainConfig:
     ema: float
     checkpoint_every: int
     nproc_per_node: int
+    fast: bool
+    compile: bool
 
 
 @dataclass(frozen=True)
