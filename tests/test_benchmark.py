@@ -129,12 +129,13 @@ def test_device_info_cpu():
 
 
 @pytest.mark.slow
-def test_compile_mode_on_one_tiny_case(monkeypatch: pytest.MonkeyPatch):
+def test_compile_mode_on_one_tiny_case():
     """torch.compile (inductor) compiles C++ on CPU: ~10 s warm, ~25 s with a cold cache."""
-    # In-process compilation: on a 2-core machine a worker pool costs more than it saves.
-    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
-    rows = benchmark_matrix(TinyNet(), {"drift": one_step_sampler(9)}, make_noise=fixed_noise((3, 8, 8)),
-                            modes=["compile"], batch_sizes=[1], repeats=2, warmup=1, device=CPU, progress=False)
+    # In-process compilation: on a 2-core machine a worker pool costs more than it saves. config.patch, not
+    # monkeypatch: monkeypatch's undo left inductor's config without compile_threads for later tests.
+    with torch._inductor.config.patch(compile_threads=1):
+        rows = benchmark_matrix(TinyNet(), {"drift": one_step_sampler(9)}, make_noise=fixed_noise((3, 8, 8)),
+                                modes=["compile"], batch_sizes=[1], repeats=2, warmup=1, device=CPU, progress=False)
     (row,) = rows
     if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         assert row["status"] == "skipped" and "C++ compiler" in row["reason"]

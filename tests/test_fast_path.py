@@ -78,7 +78,7 @@ def test_fast_path_resumes_bit_exactly(tmp_path):
     assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]
 
 
-def test_compiled_training_reports_its_compile_time(tmp_path, monkeypatch):
+def test_compiled_training_reports_its_compile_time(tmp_path):
     """torch.compile (inductor compiles C++ on CPU, ~10-30 s here) of a dropout-free model: the same training to
     rounding, the first step reported as compile_s."""
     import shutil
@@ -87,8 +87,6 @@ def test_compiled_training_reports_its_compile_time(tmp_path, monkeypatch):
 
     if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         pytest.skip("torch.compile on CPU needs a C++ compiler")
-    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
-
     def mlp():
         torch.manual_seed(0)
         return nn.Sequential(nn.Linear(3, 8), nn.SiLU(), nn.Linear(8, 1))
@@ -102,7 +100,9 @@ def test_compiled_training_reports_its_compile_time(tmp_path, monkeypatch):
                      desc="test", log_every=1, progress=False)
 
     torch._dynamo.reset()
-    plain, compiled = go(cfg(False), "plain"), go(cfg(False, compile=True), "compiled")
+    # In-process compilation: on a 2-core machine a worker pool costs more than it saves.
+    with torch._inductor.config.patch(compile_threads=1):
+        plain, compiled = go(cfg(False), "plain"), go(cfg(False, compile=True), "compiled")
     assert compiled.compile_s is not None and compiled.compile_s > 0
     assert compiled.images_per_s > 0
     for a, b in zip(plain.model.parameters(), compiled.model.parameters()):
