@@ -35,7 +35,8 @@ def main() -> None:
     overrides = {"dropout": params.unet.dropout, "num_classes": k}
     model = build_unet(params.unet.preset, params.data.image_size, **overrides)
     loss_fn = ddpm_objective(images, cfg.batch_size // info.world_size, device,
-                             labels=torch.from_numpy(data["labels"]) if k else None, p_uncond=cfg.p_uncond)
+                             labels=torch.from_numpy(data["labels"]) if k else None, p_uncond=cfg.p_uncond,
+                             fast=cfg.fast)
     run_training(kind="ddpm", script=Path(__file__), params=params, cfg=cfg, model=model,
                  unet_overrides=overrides, loss_fn=loss_fn,
                  identity={"seed": params.seed, "conditional": params.conditional, "unet": as_dict(params.unet),

@@ -8,7 +8,7 @@ from driftin import cli
 from driftin.conditioning import check_classes
 from driftin.config import ConfigError, as_dict, load_params
 from driftin.encoders import build_encoder
-from driftin.feature_cache import encoder_kwargs
+from driftin.feature_cache import encoder_kwargs, place
 from driftin.objectives import conditional_drift_objective, drift_objective
 from driftin.runtime import configure_threads, init_distributed, seed_everything
 from driftin.training_stage import run_training
@@ -43,8 +43,9 @@ def main() -> None:
                             **encoder_kwargs(params, enc_record["mae_state"]))
     encoder = encoder.to(device, memory_format=torch.channels_last)  # see objectives.drift_objective
     # Memory-mapped: each step reads only the rows it draws, and DDP ranks on one machine share the OS page cache
-    # instead of each holding the whole cache (~20 GB at paper scale with DINOv2).
+    # instead of each holding the whole cache (~20 GB at paper scale with DINOv2). drift.fast: on the GPU if it fits.
     real = torch.load(feats / "real.pt", map_location="cpu", weights_only=True, mmap=True)
+    real["maps"], cache_on = place(real["maps"], device, fast=cfg.fast)
     cond = cfg.conditioning
     if params.conditional and "labels" not in real:
         raise ConfigError(f"{feats / 'real.pt'} has no labels (written by an older cache_features): run `dvc repro`")
@@ -58,7 +59,7 @@ def main() -> None:
     common = dict(image_size=params.data.image_size, temperatures=cfg.temperatures,
                   with_input=params.encoders.feature_set == "official",
                   drift_kwargs={"tau_times_c": cfg.tau_times_c, "affinity_floor": cfg.affinity_floor},
-                  group=info.group, device=device)
+                  group=info.group, device=device, fast=cfg.fast)
     if k:
         loss_fn = conditional_drift_objective(
             encoder, real["maps"], real["labels"], num_classes=k, labels_per_step=cond.labels_per_step,
@@ -76,7 +77,8 @@ def main() -> None:
                  live=args.live, eval_dir=args.eval, test=args.test, info=info, device=device,
                  log_every=max(1, cfg.steps // 200),
                  class_names=list(real["class_names"]) if k else None,
-                 extra_metrics={"encoder": params.encoder, "feature_set": params.encoders.feature_set})
+                 extra_metrics={"encoder": params.encoder, "feature_set": params.encoders.feature_set,
+                                **({"feature_cache_on": cache_on} if cfg.fast else {})})
 
 
 if __name__ == "__main__":

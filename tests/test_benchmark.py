@@ -129,12 +129,13 @@ def test_device_info_cpu():
 
 
 @pytest.mark.slow
-def test_compile_mode_on_one_tiny_case(monkeypatch: pytest.MonkeyPatch):
+def test_compile_mode_on_one_tiny_case():
     """torch.compile (inductor) compiles C++ on CPU: ~10 s warm, ~25 s with a cold cache."""
-    # In-process compilation: on a 2-core machine a worker pool costs more than it saves.
-    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
-    rows = benchmark_matrix(TinyNet(), {"drift": one_step_sampler(9)}, make_noise=fixed_noise((3, 8, 8)),
-                            modes=["compile"], batch_sizes=[1], repeats=2, warmup=1, device=CPU, progress=False)
+    # In-process compilation: on a 2-core machine a worker pool costs more than it saves. config.patch, not
+    # monkeypatch: monkeypatch's undo left inductor's config without compile_threads for later tests.
+    with torch._inductor.config.patch(compile_threads=1):
+        rows = benchmark_matrix(TinyNet(), {"drift": one_step_sampler(9)}, make_noise=fixed_noise((3, 8, 8)),
+                                modes=["compile"], batch_sizes=[1], repeats=2, warmup=1, device=CPU, progress=False)
     (row,) = rows
     if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         assert row["status"] == "skipped" and "C++ compiler" in row["reason"]
@@ -156,3 +157,58 @@ def test_bf16_is_skipped_on_a_cpu_without_native_bf16(monkeypatch):
     reason = benchmark.mode_unavailable_reason("eager_bf16", torch.device("cpu"))
     assert reason is not None and "no native bf16" in reason
     assert benchmark.mode_unavailable_reason("eager_fp32", torch.device("cpu")) is None
+
+
+def test_one_step_sampler_times_only_the_network(monkeypatch):
+    """The benchmark's drift sampler makes t (and labels, alpha) on the first call per batch size only: a timed
+    call runs no tensor factory outside the network and passes the same tensors again."""
+    seen = []
+
+    def network(z, *inputs):
+        seen.append(inputs)
+        return z
+
+    for sample in (one_step_sampler(9), one_step_sampler(0, 3, 2.0)):
+        seen.clear()
+        z = fixed_noise((3, 8, 8))(4)
+        sample(network, z)
+        calls = []
+        for name in ("full", "arange", "tensor", "as_tensor", "zeros", "ones", "empty"):
+            real = getattr(torch, name)
+            monkeypatch.setattr(torch, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
+        sample(network, z)
+        monkeypatch.undo()
+        assert calls == []
+        assert all(a is b for a, b in zip(seen[0], seen[1])) and len(seen[1]) in (1, 3)
+    assert torch.equal(seen[0][1], torch.arange(4) % 3) and torch.equal(seen[0][2], torch.full((4,), 2.0))
+
+
+def test_bf16_mode_runs_true_bf16_close_to_fp32():
+    """`bf16`: a bf16 channels-last copy of the weights and bf16 noise (the fixture stands in native bf16); the
+    caller's model keeps fp32 weights, and the output stays near fp32's."""
+    from driftin.benchmark import as_bf16, ddim_sampler
+    from driftin.unet import build_unet
+
+    torch.manual_seed(0)
+    net = build_unet("tiny", 8, dropout=0.0).eval().requires_grad_(False)
+    z = fixed_noise((3, 8, 8))(2)
+    net16, z16 = as_bf16(net, z)
+    assert next(net.parameters()).dtype == torch.float32
+    assert next(net16.parameters()).dtype == torch.bfloat16 and z16.dtype == torch.bfloat16
+    assert net16.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for sample, tol in ((one_step_sampler(0), 0.05), (ddim_sampler(2), 0.1)):
+            ref, out = sample(net, z), sample(net16, z16)
+            assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+            assert (out.float() - ref).abs().max() < tol * max(1.0, ref.abs().max())
+    rows = benchmark_matrix(net, {"drift": one_step_sampler(0), "ddpm": ddim_sampler(2)},
+                            make_noise=fixed_noise((3, 8, 8)), modes=["bf16", "bf16_cuda_graphs"], batch_sizes=[1],
+                            repeats=1, warmup=1, device=CPU, progress=False)
+    assert [(r["mode"], r["status"]) for r in rows] == [("bf16", "ok")] * 2 + [("bf16_cuda_graphs", "skipped")] * 2
+    assert next(net.parameters()).dtype == torch.float32
+
+
+def test_true_bf16_modes_are_skipped_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(benchmark, "cpu_has_native_bf16", lambda: False)
+    for mode in ("bf16", "eager_bf16"):
+        assert "no native bf16" in benchmark.mode_unavailable_reason(mode, CPU)

@@ -74,3 +74,49 @@ def test_ddpm_sampler_with_labels_and_guidance():
     assert (out - sampler("ddpm", model, 3)(z, labels)).abs().max() > 1e-5  # guidance is applied
     plain = _net()
     assert torch.equal(sampler("ddpm", plain, 3)(z), ddim_sample(plain, z, 3))  # unconditional, as before
+
+
+def _factory_counter(monkeypatch) -> dict[str, int]:
+    """Counts calls of torch's tensor factories (the ways a sampler could build `t`, labels or alpha per call)."""
+    counts: dict[str, int] = {}
+    for name in ("full", "full_like", "arange", "tensor", "as_tensor", "zeros", "ones", "empty"):
+        real = getattr(torch, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            counts[_name] = counts.get(_name, 0) + 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(torch, name, counted)
+    return counts
+
+
+@pytest.mark.parametrize("alpha", [None, 2.0])
+def test_drift_sampler_builds_its_inputs_once_per_batch_size(monkeypatch, alpha):
+    """After the first call at a batch size, a one-step call is the network alone: no tensor factory runs outside
+    it, and the network receives the very same t (and alpha) tensors, so a captured graph replays unchanged."""
+    seen = []
+
+    def network(z, t, labels=None, a=None):  # a stand-in that makes no tensors: every count is the sampler's
+        seen.append((t, a))
+        return z
+
+    labels = torch.tensor([0, 1, 2])
+    one_step = sampler("drift", network, alpha=alpha)
+    one_step(_z(), labels)
+    counts = _factory_counter(monkeypatch)
+    one_step(_z(seed=1), labels)
+    assert counts == {}
+    assert seen[1][0] is seen[0][0] and seen[1][1] is seen[0][1]
+    assert torch.equal(seen[0][0], torch.full((3,), DRIFT_T))
+    assert seen[0][1] is None if alpha is None else torch.equal(seen[0][1], torch.full((3,), alpha))
+    one_step(_z(b=2))  # a new batch size gets its own inputs
+    assert seen[2][0].shape == (2,)
+
+
+def test_conditional_drift_sampler_with_cached_alpha_matches_a_number():
+    """alpha passed as the cached [B] tensor gives bit-for-bit the output of passing the number."""
+    model, z, labels = _net(num_classes=K, alpha_cond=True), _z(), torch.tensor([0, 1, 2])
+    one_step = sampler("drift", model, alpha=2.5)
+    first = one_step(z, labels)
+    assert torch.equal(first, model(z, torch.full((3,), DRIFT_T), labels, 2.5).clamp(-1, 1))
+    assert torch.equal(one_step(z, labels), first)

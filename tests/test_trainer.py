@@ -18,7 +18,8 @@ SINGLE = DistInfo(rank=0, world_size=1, local_rank=0)
 
 def cfg(steps=12, every=4, **kw):
     base = dict(steps=steps, batch_size=8, lr=0.05, warmup=2, grad_clip=1.0, ema=0.9, checkpoint_every=every,
-                nproc_per_node=1, eval_every=0, eval_samples=4)
+                nproc_per_node=1, eval_every=0, eval_samples=4, fast=False,
+                compile=False)
     base.update(kw)
     return TrainConfig(**base)
 

@@ -8,6 +8,7 @@ timed under every mode. Timing follows nanoGPT's bench.py: warm up, synchronise,
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import os
 import platform
@@ -26,8 +27,13 @@ from .rules import choice, positive, require
 
 Sampler = Callable[[nn.Module, Tensor], Tensor]  # (model, x_T [B,3,H,W]) -> x_0 [B,3,H,W]
 
-MODES = ("eager_fp32", "eager_bf16", "compile", "compile_max_autotune", "cuda_graphs")
-COMPILED_MODES = {"compile": "default", "compile_max_autotune": "max-autotune", "cuda_graphs": "reduce-overhead"}
+MODES = ("eager_fp32", "eager_bf16", "bf16", "compile", "compile_max_autotune", "cuda_graphs", "bf16_cuda_graphs")
+COMPILED_MODES = {"compile": "default", "compile_max_autotune": "max-autotune", "cuda_graphs": "reduce-overhead",
+                  "bf16_cuda_graphs": "reduce-overhead"}
+# eager_bf16 is autocast: fp32 weights, cast to bf16 op by op on every call. These modes are true bf16: a bf16,
+# channels-last copy of the weights and bf16 channels-last noise, made once outside the timing; DDIM then runs
+# in the noise's dtype (ddim_sample).
+BF16_MODES = ("bf16", "bf16_cuda_graphs")
 ROW_KEYS = ("model", "mode", "batch_size", "status", "reason", "latency_ms_median", "latency_ms_min",
             "images_per_s", "compile_s", "nfe")
 
@@ -50,12 +56,18 @@ def one_step_sampler(t_fixed: int, num_classes: int = 0, alpha: float = 1.0) -> 
     """Drifting generator: x_0 = model(noise, t_fixed), a single network evaluation; a conditional one
     (num_classes K) also takes the labels i mod K and the guidance strength alpha."""
 
+    inputs: dict[tuple[int, torch.device], tuple[Tensor, ...]] = {}
+
     def sample(model: nn.Module, z: Tensor) -> Tensor:
-        t = torch.full((z.shape[0],), t_fixed, dtype=torch.long, device=z.device)  # (B,)
-        if not num_classes:
-            return model(z, t)
-        labels = torch.arange(z.shape[0], device=z.device) % num_classes
-        return model(z, t, labels, alpha)
+        # t (and labels, alpha) built on the first call per batch size and reused, so a timed call is the network
+        # alone: no tensor is made or copied to the device outside it (generators.OneStepInputs).
+        key = (z.shape[0], z.device)
+        if key not in inputs:
+            t = torch.full((z.shape[0],), t_fixed, dtype=torch.long, device=z.device)  # (B,)
+            labels = torch.arange(z.shape[0], device=z.device) % num_classes if num_classes else None  # (B,)
+            a = torch.full((z.shape[0],), alpha, dtype=torch.float32, device=z.device) if num_classes else None
+            inputs[key] = (t,) if not num_classes else (t, labels, a)
+        return model(z, *inputs[key])
 
     return sample
 
@@ -91,11 +103,12 @@ def cpu_has_native_bf16() -> bool:
 
 def mode_unavailable_reason(mode: str, device: torch.device) -> str | None:
     """Why `mode` cannot run on `device`, or None if it can be attempted."""
-    if mode == "cuda_graphs" and device.type != "cuda":
+    if mode in ("cuda_graphs", "bf16_cuda_graphs") and device.type != "cuda":
         return f"CUDA graphs need a CUDA device (device is {device.type})"
-    if mode == "eager_bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    bf16 = mode == "eager_bf16" or mode in BF16_MODES
+    if bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return f"{torch.cuda.get_device_name(device)} has no bf16 support"
-    if mode == "eager_bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+    if bf16 and device.type == "cpu" and not cpu_has_native_bf16():
         # Without AVX512-BF16/AMX oneDNN emulates bf16, many times slower than fp32 (minutes per DDIM-50 row on a
         # 2-core AVX2 machine): a figure about the CPU's instruction set, not about either generator.
         return f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16 (AVX512-BF16 or AMX)"
@@ -105,6 +118,12 @@ def mode_unavailable_reason(mode: str, device: torch.device) -> str | None:
         if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
             return "torch.compile on CPU needs a C++ compiler (g++/c++/clang++ not on PATH)"
     return None
+
+
+def as_bf16(model: nn.Module, z: Tensor) -> tuple[nn.Module, Tensor]:
+    """A bf16, channels-last copy of `model` (the original keeps its fp32 weights) and `z` to match."""
+    fmt = torch.channels_last
+    return copy.deepcopy(model).to(torch.bfloat16, memory_format=fmt), z.to(torch.bfloat16, memory_format=fmt)
 
 
 def _prepare(mode: str, model: nn.Module, device: torch.device) -> tuple[nn.Module, Callable[[], Any]]:
@@ -168,6 +187,8 @@ def _row(model: str, mode: str, batch: int, status: str, reason: str = "", **met
 
 def _measure(model: nn.Module, sampler: Sampler, z: Tensor, mode: str, *, repeats: int, warmup: int,
              device: torch.device) -> dict[str, Any]:
+    if mode in BF16_MODES:
+        model, z = as_bf16(model, z)
     module, ctx = _prepare(mode, model, device)
 
     def call() -> None:

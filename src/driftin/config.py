@@ -51,6 +51,8 @@ class TrainConfig:
     nproc_per_node: int
     eval_every: int  # in-training evaluation (quality curves) every this many steps; 0 = off
     eval_samples: int  # samples per in-training evaluation
+    fast: bool
+    compile: bool
 
 
 @dataclass(frozen=True)

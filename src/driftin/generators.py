@@ -48,6 +48,26 @@ def load_generator(path: str | Path, device: torch.device, *, weights: str = "em
     return model.to(device).eval().requires_grad_(False), record
 
 
+class OneStepInputs:
+    """The one-step generator's constant inputs, t = DRIFT_T [B] and alpha [B], built once per (batch size,
+    device) and reused: a one-step call is then the network alone, with no tensor made or copied to the device
+    per call (an H200 measured one drift call at 1.15-1.35 DDIM steps while `t` was built per call).
+    alpha None: no alpha input."""
+
+    def __init__(self, alpha: float | None = None) -> None:
+        self.alpha = alpha
+        self._cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def __call__(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        key = (batch, device)
+        if key not in self._cache:
+            t = torch.full((batch,), DRIFT_T, dtype=torch.long, device=device)  # (B,)
+            # float32, the dtype UNet._condition gives a number: the same embedding as passing alpha itself.
+            a = None if self.alpha is None else torch.full((batch,), self.alpha, dtype=torch.float32, device=device)
+            self._cache[key] = (t, a)
+        return self._cache[key]
+
+
 def sampler(kind: str, model: nn.Module, ddim_steps: int = 50, *, guidance: float = 1.0,
             alpha: float | None = None) -> Callable[..., torch.Tensor]:
     """sample(noise [B,3,H,W], labels=None) -> images in [-1, 1], for either generator.
@@ -69,11 +89,13 @@ def sampler(kind: str, model: nn.Module, ddim_steps: int = 50, *, guidance: floa
             raise ValueError(f"the drifting generator has no guidance extrapolation (got guidance {guidance}); "
                              "its guidance strength is the network input alpha")
 
+        constants = OneStepInputs(alpha)
+
         def one_step(z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-            t = torch.full((z.shape[0],), DRIFT_T, dtype=torch.long, device=z.device)
+            t, a = constants(z.shape[0], z.device)
             if labels is None and alpha is None:
                 return model(z, t).clamp(-1, 1)
-            return model(z, t, labels, alpha).clamp(-1, 1)
+            return model(z, t, labels, a).clamp(-1, 1)
         return one_step
     raise ValueError(f"unknown generator kind {kind!r}; expected one of {KINDS}")
 

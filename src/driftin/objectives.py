@@ -21,21 +21,33 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
 
 
+def batch_format(fast: bool) -> torch.memory_format:
+    """Memory format of the training batches: channels-last on the fast path (the trainer converts the UNet to
+    match, and cuDNN's convolutions run faster in it), else as drawn."""
+    return torch.channels_last if fast else torch.preserve_format
+
+
 def ddpm_objective(images: torch.Tensor, batch_size: int, device: torch.device, *,
-                   labels: torch.Tensor | None = None, p_uncond: float = 0.0) -> LossFn:
+                   labels: torch.Tensor | None = None, p_uncond: float = 0.0, fast: bool = False) -> LossFn:
     """Epsilon-prediction loss on `batch_size` images per step drawn from `images` (uint8 NHWC, in memory).
 
     With `labels` (one per image) the model is class-conditional: a share `p_uncond` of each batch gets the null
     label instead, so one network also learns the unconditional epsilon that classifier-free guidance needs.
+    `fast`: the images move to the device once (CIFAR-10: 150 MB of uint8) and each batch is gathered, converted
+    and flipped there, channels-last. Indices, flips, t and noise are still drawn on the CPU generator, whose
+    state the checkpoint keeps, so a resumed run draws what the uninterrupted one would have.
     """
     alpha_bar = alphas_cumprod(linear_betas()).float().to(device)
     num_t = alpha_bar.shape[0]
+    fmt = batch_format(fast)
+    if fast:
+        images = images.to(device)
 
     def loss_fn(model: nn.Module, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         idx = torch.randint(len(images), (batch_size,), generator=gen)
-        x0 = random_flip(to_float(images[idx]), gen).to(device)  # (B, 3, H, W)
+        x0 = random_flip(to_float(images[idx.to(images.device)]), gen).to(device, memory_format=fmt)  # (B, 3, H, W)
         t = torch.randint(num_t, (batch_size,), generator=gen).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device, memory_format=fmt)
         if labels is None:
             return ddpm_loss(model, x0, t, noise, alpha_bar).mean(), {}
         null = _unwrap(model).null_label
@@ -48,20 +60,23 @@ def ddpm_objective(images: torch.Tensor, batch_size: int, device: torch.device, 
 
 def drift_objective(encoder: nn.Module, real_maps: list[torch.Tensor], *, batch_size: int, positives: int,
                     image_size: int, temperatures: tuple[float, ...], drift_kwargs: Mapping,
-                    group, device: torch.device, with_input: bool = False) -> LossFn:
+                    group, device: torch.device, with_input: bool = False, fast: bool = False) -> LossFn:
     """Noise -> UNet (one step) -> frozen encoder -> drift loss against cached real feature maps.
 
     `real_maps`: cached encoder maps of real images (and their flips), one tensor [M, C, H, W] per depth, kept on
     the CPU in fp16 (possibly memory-mapped); each step draws `positives` of them, so the encoder never runs on
     real images here.
     `with_input`: the maps start with the raw image (the `official` feature set, features.feature_groups).
+    `fast`: channels-last noise for the channels-last UNet of the trainer's fast path (the cache may then be on the
+    GPU: feature_cache.place; the draws stay on the CPU generator either way).
     The encoder should be in channels-last memory format (the stage converts it): its convolutions run faster,
     and every feature group's rows [L, B, C] are then contiguous in C, so stacking them copies whole rows.
     """
     num_real = real_maps[0].shape[0]
+    fmt = batch_format(fast)
 
     def loss_fn(model: nn.Module, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        z = torch.randn((batch_size, 3, image_size, image_size), generator=gen).to(device)
+        z = torch.randn((batch_size, 3, image_size, image_size), generator=gen).to(device, memory_format=fmt)
         t = torch.full((batch_size,), DRIFT_T, dtype=torch.long, device=device)
         x = model(z, t)  # (B, 3, H, W) generated images, bf16 under the trainer's CUDA autocast
         # Kernel maths in fp32 even when the generator runs bf16 (DRIFTING.md sec. 4): the generated images go
@@ -71,7 +86,7 @@ def drift_objective(encoder: nn.Module, real_maps: list[torch.Tensor], *, batch_
                                        with_input=with_input)
             idx = torch.randint(num_real, (positives,), generator=gen)
             # Channels-last like the generated maps, converted per draw: the cache itself may be memory-mapped.
-            pos_feats = feature_groups([m[idx].to(device, memory_format=torch.channels_last).float()
+            pos_feats = feature_groups([m[idx.to(m.device)].to(device, memory_format=torch.channels_last).float()
                                         for m in real_maps], with_input=with_input)
             loss, stats = drift_loss(gen_feats, pos_feats, temperatures, group=group, **drift_kwargs)
         # Per-group stats ("name/group") would add dozens of CSV columns; the curves keep the overall ones.
@@ -98,12 +113,13 @@ def conditional_drift_objective(encoder: nn.Module, real_maps: list[torch.Tensor
                                 num_classes: int, labels_per_step: int, batch_size: int, positives: int,
                                 negatives: int, alpha_range: tuple[float, float], alpha_power: float,
                                 image_size: int, temperatures: tuple[float, ...], drift_kwargs: Mapping,
-                                group, world_size: int, device: torch.device, with_input: bool = False) -> LossFn:
+                                group, world_size: int, device: torch.device, with_input: bool = False,
+                                fast: bool = False) -> LossFn:
     """Class-conditional drifting (DRIFTING.md sec. 6, conditioning.py): per step `labels_per_step` classes,
     each with batch_size/labels_per_step generated samples at its own alpha, positives/labels_per_step cached
     real samples of that class and `negatives` unconditional cached real samples weighted by
     negative_weight(alpha); one kernel problem per class and feature location. `with_input`: the maps start with
-    the raw image (the `official` feature set, features.feature_groups).
+    the raw image (the `official` feature set, features.feature_groups). `fast`: as drift_objective.
 
     Sizes are this rank's; under DDP every rank trains the same classes and alphas (rank 0 draws them) and the
     kernel problem of a class spans the generated and real rows of all ranks.
@@ -115,16 +131,17 @@ def conditional_drift_objective(encoder: nn.Module, real_maps: list[torch.Tensor
     empty = [c for c, pool in enumerate(pools) if not len(pool)]
     if empty:
         raise ValueError(f"the feature cache has no real image of class(es) {empty}; raise encoders.cache_images")
+    fmt = batch_format(fast)
 
     def draw(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         # Channels-last like the generated maps, converted per draw: the cache itself may be memory-mapped.
-        return feature_groups([m[idx].to(device, memory_format=torch.channels_last).float() for m in real_maps],
-                              with_input=with_input)
+        return feature_groups([m[idx.to(m.device)].to(device, memory_format=torch.channels_last).float()
+                               for m in real_maps], with_input=with_input)
 
     def loss_fn(model: nn.Module, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         classes = _shared(torch.randperm(num_classes, generator=gen)[:k], group, device)
         alpha = _shared(sample_alpha(k, *alpha_range, alpha_power, gen), group, device)
-        z = torch.randn((k * g, 3, image_size, image_size), generator=gen).to(device)
+        z = torch.randn((k * g, 3, image_size, image_size), generator=gen).to(device, memory_format=fmt)
         t = torch.full((k * g,), DRIFT_T, dtype=torch.long, device=device)
         x = model(z, t, classes.repeat_interleave(g).to(device), alpha.repeat_interleave(g).to(device))
         with torch.autocast(device.type, enabled=False):  # the kernel in fp32: see drift_objective

@@ -92,6 +92,8 @@ def run_training(*, kind: str, script: Path, params: Params, cfg: TrainConfig, m
         "device": str(device),
         "unet_params_m": round(sum(p.numel() for p in result.model.parameters()) / 1e6, 3),
         **({"peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)} if device.type == "cuda" else {}),
+        **({"compile_s": round(result.compile_s, 2)} if result.compile_s is not None else {}),
+        **({"fast": True} if cfg.fast else {}),
         **(extra_metrics or {}),
         **curve_metrics,
     })
