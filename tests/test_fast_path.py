@@ -25,7 +25,7 @@ IMAGES = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3
 
 def cfg(fast: bool, compile: bool = False, steps: int = 6) -> TrainConfig:
     return TrainConfig(steps=steps, batch_size=4, lr=1e-3, warmup=2, grad_clip=1.0, ema=0.9, checkpoint_every=2,
-                       nproc_per_node=1, fast=fast, compile=compile)
+                       nproc_per_node=1, fast=fast, compile=compile, eval_every=0, eval_samples=4)
 
 
 def unet() -> nn.Module:

@@ -3,6 +3,7 @@ finished run is never resumed; checkpoints are keyed by code too and load with w
 import os
 import shutil
 import signal
+import types
 from pathlib import Path
 
 import pytest
@@ -227,15 +228,24 @@ def test_the_quality_curve_does_not_change_what_is_trained(tmp_path):
     assert [r["loss"] for r in plain.history] == [r["loss"] for r in judged.history]
 
 
-def test_evaluation_time_is_not_training_time(tmp_path):
-    import time
+def test_evaluation_time_is_not_training_time(tmp_path, monkeypatch):
+    """A fake clock (a wall clock would make this flaky on a busy machine): each reading advances it 1 ms, and
+    each evaluation 100 s. None of the 300 s may reach the training seconds."""
+    import driftin.trainer as trainer_module
+    clock = [0.0]
+
+    def perf_counter():
+        clock[0] += 0.001
+        return clock[0]
 
     def slow(ema):
-        time.sleep(0.3)
+        clock[0] += 100.0
         return {"fid": 1.0}
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=perf_counter))
     result = run(tmp_path, cfg(steps=6, eval_every=2), evaluate=slow)
-    assert result.eval_seconds >= 0.9
-    assert result.train_seconds < 0.8  # the three 0.3 s sleeps are not in it (6 steps of a tiny net: ~10 ms)
+    assert result.eval_seconds == pytest.approx(300, abs=0.1)
+    assert result.train_seconds < 1
+    assert [r["eval_seconds"] for r in result.evals] == pytest.approx([100] * 3, abs=0.1)
     assert result.evals[-1]["train_seconds"] <= result.train_seconds
 
 
