@@ -99,7 +99,7 @@ def test_conditional_objective_generates_the_drawn_classes_at_their_alphas_and_u
 
 def test_conditional_objective_refuses_a_cache_missing_a_class():
     maps = [torch.zeros(4, 2, 4, 4).half()]
-    with pytest.raises(ValueError, match=r"no real image of class\(es\) \[2\]"):
+    with pytest.raises(ConfigError, match=r"no real image of class\(es\) \[2\].*encoders.cache_images"):
         conditional_drift_objective(toy_encoder(), maps, torch.tensor([0, 1, 0, 1]), num_classes=3,
                                     labels_per_step=1, batch_size=2, positives=2, negatives=1,
                                     alpha_range=(1.0, 2.0), alpha_power=1.0, image_size=4, temperatures=(0.1,),

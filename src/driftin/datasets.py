@@ -216,8 +216,8 @@ def require_images(count: int, needed: int, *, split: str, dataset: str, root: s
     if count >= needed:
         return
     if dataset == "folder":
-        where = (f"image folder {Path(root).absolute()} (data.root) gives its {split} split {count} images (the test split "
-                 f"is {FOLDER_TEST_FRACTION:.0%} of the folder, at least 1)")
+        where = (f"image folder {Path(root).absolute()} (data.root) gives its {split} split {count} images "
+                 f"(the test split is {FOLDER_TEST_FRACTION:.0%} of the folder, at least 1)")
         fix = f"add images to the folder, or raise data.{split}_samples if it caps the split"
     else:
         where, fix = f"the {dataset} {split} split has {count} images", f"raise data.{split}_samples"

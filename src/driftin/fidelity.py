@@ -72,14 +72,16 @@ def register_evaluator_extractor() -> type:
                      **kwargs):
             super().__init__(name, features_list)
             vassert(feature_extractor_weights_path is not None,
-                    f'"{name}" needs feature_extractor_weights_path: a file saved with torch.save(train_evaluator(...)[0])')
+                    f'"{name}" needs feature_extractor_weights_path: '
+                    "a file saved with torch.save(train_evaluator(...)[0])")
             state = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
             self.evaluator = load_evaluator(state)
             self.requires_grad_(False)
             self.eval()
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            vassert(x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3, f"Expecting uint8 Bx3xHxW, got {x.shape}")
+            vassert(x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3,
+                    f"Expecting uint8 Bx3xHxW, got {x.shape}")
             size = self.evaluator.config.image_size
             vassert(x.shape[2:] == (size, size), f"Evaluator was trained at {size}x{size}, got {tuple(x.shape[2:])}")
             x = x.float() / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1], the evaluator's training range

@@ -100,7 +100,8 @@ def sampler(kind: str, model: nn.Module, ddim_steps: int = 50, *, guidance: floa
     raise ValueError(f"unknown generator kind {kind!r}; expected one of {KINDS}")
 
 
-def channels_last_sampler(kind: str, model: nn.Module, ddim_steps: int = 50, **guidance: Any) -> Callable[..., torch.Tensor]:
+def channels_last_sampler(kind: str, model: nn.Module, ddim_steps: int = 50,
+                          **guidance: Any) -> Callable[..., torch.Tensor]:
     """sampler() with the model (converted in place) and each call's noise in channels-last (NHWC) memory: oneDNN's
     convolutions ran DDIM-50 ~1.2x faster on 2 CPU cores, and tensor cores want it on GPUs. Same images as sampler()
     up to float rounding. Every stage that samples for scoring uses this one, so their images agree."""

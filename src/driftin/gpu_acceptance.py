@@ -194,7 +194,8 @@ def acceptance(out: Path, *, steps: int, smoke: bool, timeout: float) -> dict:
     preset = _merge(SMOKE_PRESET if smoke else GPU_PRESET, {"ddpm": {"steps": steps}, "drift": {"steps": steps}})
     summary: dict = {"preset": preset, "smoke": smoke, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     t0 = time.perf_counter()
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-o", "addopts=", "-q", "-p", "no:cacheprovider"],
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-o", "addopts=", "-q",
+                            "-p", "no:cacheprovider"],
                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
     summary["cuda_tests"] = {"returncode": tests.returncode, "last_line": tests.stdout.strip().splitlines()[-1:]}
     with tempfile.TemporaryDirectory(prefix="driftin-acceptance-") as tmp:

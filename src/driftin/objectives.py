@@ -12,6 +12,7 @@ from .ddpm import alphas_cumprod, ddpm_loss, linear_betas
 from .drift import drift_loss
 from .features import feature_groups
 from .generators import DRIFT_T, to_float
+from .rules import ConfigError
 from .trainer import LossFn
 
 
@@ -130,7 +131,9 @@ def conditional_drift_objective(encoder: nn.Module, real_maps: list[torch.Tensor
     pools = [torch.nonzero(real_labels == c).squeeze(1) for c in range(num_classes)]
     empty = [c for c, pool in enumerate(pools) if not len(pool)]
     if empty:
-        raise ValueError(f"the feature cache has no real image of class(es) {empty}; raise encoders.cache_images")
+        # A params problem, not a bug: one paragraph naming the key, no traceback (cli.run prints ConfigError so).
+        raise ConfigError(f"params.yaml: the feature cache has no real image of class(es) {empty}: raise "
+                          "'encoders.cache_images' so every class is cached (it is class-balanced).")
     fmt = batch_format(fast)
 
     def draw(idx: torch.Tensor) -> dict[str, torch.Tensor]:

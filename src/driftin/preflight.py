@@ -2,8 +2,8 @@
 
 A paper-scale run fails expensively when a file is missing: the DINOv2 or ResNet-18 weights are first read by
 `cache_features` and Inception by `reference`, both after hours of DDPM training. The pipeline's first stage,
-`preflight` (`prepare` depends on its output), runs it, and `python -m driftin.preflight` runs it by hand. Every problem is
-listed at once; nothing is downloaded here (a file that is missing but whose host answers counts as fine: the
+`preflight` (`prepare` depends on its output), runs it, and `python -m driftin.preflight` runs it by hand. Every
+problem is listed at once; nothing is downloaded here (a file that is missing but whose host answers counts as fine: the
 stage that needs it downloads it).
 """
 from __future__ import annotations

@@ -223,8 +223,8 @@ def speed_gif(ddpm_frames: Sequence[np.ndarray], drift_image: np.ndarray, *, ddp
         frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=durations, loop=0, optimize=True)
 
     _atomic(path, write)
-    return {"scale": scale, "durations_ms": durations, "drift_frame": kept.index(next(t for t in kept if t >= drift_at)),
-            "ddpm_frames": k}
+    drift_frame = kept.index(next(t for t in kept if t >= drift_at))
+    return {"scale": scale, "durations_ms": durations, "drift_frame": drift_frame, "ddpm_frames": k}
 
 
 def batch_gif(batches: Sequence[np.ndarray], path: str | os.PathLike, *, nrow: int, frame_ms: int = 700,
@@ -286,6 +286,8 @@ def plot_quality_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], pat
     sample count, drawn as the curve's zero."""
     third = ("recognisability" if all(r.get("recognisability") is not None for rows in curves.values() for r in rows)
              else "confidence")
+    third_title = {"recognisability": "recognisability (share of the requested class)",
+                   "confidence": "evaluator confidence (mean top-class prob.)"}[third]
     fig, axes = _pyplot().subplots(1, 3, figsize=(13.5, 3.6))
     for i, (label, rows) in enumerate(curves.items()):
         df = pd.DataFrame(list(rows))
@@ -299,8 +301,7 @@ def plot_quality_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], pat
             axes[2].plot(df["step"], df[third], marker="o", color=f"C{i}", label=label, linewidth=1.4)
     for ax, x, title in ((axes[0], "training step", "FID during training"),
                          (axes[1], "training seconds (evaluation excluded)", "FID against wall-clock"),
-                         (axes[2], "training step", {"recognisability": "recognisability (share of the requested class)",
-                                                     "confidence": "evaluator confidence (mean top-class prob.)"}[third])):
+                         (axes[2], "training step", third_title)):
         if floor is not None and ax is not axes[2]:
             ax.axhline(floor, color="0.4", linestyle=":", label="held-out real (floor)")
         ax.set(xlabel=x, title=title)
