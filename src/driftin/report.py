@@ -92,7 +92,8 @@ def results_markdown(metrics: Path = Path("metrics"), plots: Path = Path("plots"
     for k, t in train.items():
         lines.append(f"| {k} | {t['steps']} | {t['batch_size']} | {t['train_seconds']:.0f} s | "
                      f"{t['images_per_s']:.0f} |")
-    return "\n".join(lines) + curves_markdown(metrics, plots)
+    curves = curves_markdown(metrics, plots)
+    return "\n".join(lines) + ("\n" + curves if curves else "")
 
 
 def first_reaching(rows: list[dict], target: float) -> dict | None:
