@@ -91,3 +91,26 @@ def test_first_stage_stops_with_every_problem(tmp_path):
     for needle in ("3 problem(s)", "cifar-10-batches-py", "resnet.pth", "inception.pth"):
         assert needle in proc.stderr, proc.stderr
     assert not (tmp_path / "metrics").exists()
+
+
+def test_cifar10_names_are_torchvisions():
+    """The preflight names CIFAR-10's folder and URL without importing torchvision (4 s); they must stay its own."""
+    from driftin import datasets
+
+    tv = torchvision.datasets.CIFAR10
+    assert (datasets.CIFAR10_FOLDER, datasets.CIFAR10_FILENAME, datasets.CIFAR10_URL) == (
+        tv.base_folder, tv.filename, tv.url)
+
+
+def test_preflight_does_not_import_torchvision(tmp_path):
+    """Its import (~4 s here) was half the preflight's time for a cifar10 run; the check must answer in seconds."""
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()),
+                   {"data": {"dataset": "cifar10", "root": str(tmp_path / "raw"), "download": False},
+                    "encoder": "resnet18", "encoders": {"resnet18": {"weights": str(tmp_path / "r18.pth")}},
+                    "evaluate": {"inception_weights": str(tmp_path / "inception.pth")}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    code = ("import sys; from driftin import preflight, config; "
+            f"p = config.load_params({str(tmp_path / 'params.yaml')!r}); "
+            "print(len(preflight.problems(p)), 'torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["3", "False"], out.stdout  # CIFAR-10, ResNet-18, Inception: all missing

@@ -77,14 +77,21 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _cifar10_unavailable(root: Path, reason: str) -> DatasetUnavailable:
-    CIFAR10 = cifar10_class()
+# torchvision's CIFAR10.base_folder, .filename and .url, spelt out (a test checks they agree) so that the
+# preflight can name them without importing torchvision (~4 s of its start-up).
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_FILENAME = "cifar-10-python.tar.gz"
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+def cifar10_unavailable(root: Path, reason: str) -> DatasetUnavailable:
+    """The error for a missing or broken CIFAR-10 folder: where it was expected and how to supply it offline."""
     root = root.absolute()  # the message must say where, whatever directory the stage ran in
-    folder = root / CIFAR10.base_folder
+    folder = root / CIFAR10_FOLDER
     return DatasetUnavailable(
-        f"CIFAR-10 is not available: expected the folder '{CIFAR10.base_folder}' at {folder} ({reason}). "
-        f"To supply it offline, download {CIFAR10.filename} from {CIFAR10_PAGE} on a machine with internet "
-        f"access, copy it here and extract it into {root} (tar -xzf {CIFAR10.filename} -C {root}), "
+        f"CIFAR-10 is not available: expected the folder '{CIFAR10_FOLDER}' at {folder} ({reason}). "
+        f"To supply it offline, download {CIFAR10_FILENAME} from {CIFAR10_PAGE} on a machine with internet "
+        f"access, copy it here and extract it into {root} (tar -xzf {CIFAR10_FILENAME} -C {root}), "
         f"which creates {folder}."
     )
 
@@ -98,7 +105,7 @@ def _download_cifar10(root: Path) -> None:
     try:
         download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
     except (OSError, RuntimeError) as e:  # URLError and timeouts are OSErrors; RuntimeError: bad archive md5
-        raise _cifar10_unavailable(root, f"download from {CIFAR10.url} failed: {e}") from e
+        raise cifar10_unavailable(root, f"download from {CIFAR10.url} failed: {e}") from e
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -119,12 +126,12 @@ def load_cifar10(
     root, CIFAR10 = Path(root), cifar10_class()
     if not (root / CIFAR10.base_folder).is_dir():
         if not download:
-            raise _cifar10_unavailable(root, "folder missing and download=False")
+            raise cifar10_unavailable(root, "folder missing and download=False")
         _download_cifar10(root)
     try:
         cifar = CIFAR10(root, train=split == "train", verify_checksums=verify_checksums)
     except RuntimeError as e:  # torchvision: a batch file is missing or fails its md5
-        raise _cifar10_unavailable(root, f"its files are incomplete or corrupted: {e}") from e
+        raise cifar10_unavailable(root, f"its files are incomplete or corrupted: {e}") from e
     images = cifar.data[:num_samples]  # (N, 32, 32, 3): torchvision already reorders CHW rows to HWC
     labels = np.asarray(cifar.targets[:num_samples], dtype=np.int64)
     return Dataset(_resize(images, image_size), labels, tuple(cifar.classes))

@@ -16,7 +16,7 @@ import torch
 
 from . import cli
 from .config import Params, load_params
-from .datasets import DatasetUnavailable, _cifar10_unavailable, cifar10_class
+from .datasets import CIFAR10_FOLDER, CIFAR10_URL, DatasetUnavailable, cifar10_unavailable
 from .downloads import host_reachable
 from .encoders import WeightsUnavailable, dinov2_weights_file, resnet18_weights_file
 from .fidelity import InceptionWeightsUnavailable, inception_weights_file
@@ -68,11 +68,11 @@ def estimate_disk(params: Params) -> DiskEstimate:
 def _data_problem(params: Params) -> str | None:
     d = params.data
     if d.dataset == "cifar10":
-        root, CIFAR10 = Path(d.root), cifar10_class()
-        if (root / CIFAR10.base_folder).is_dir():
+        root = Path(d.root)
+        if (root / CIFAR10_FOLDER).is_dir():
             return None
-        reason = "folder missing and data.download is false" if not d.download else host_reachable(CIFAR10.url)
-        return None if reason is None else str(_cifar10_unavailable(root, reason))
+        reason = "folder missing and data.download is false" if not d.download else host_reachable(CIFAR10_URL)
+        return None if reason is None else str(cifar10_unavailable(root, reason))
     if d.dataset == "folder" and not Path(d.root).is_dir():
         return (f"image folder {Path(d.root).absolute()} (data.root) does not exist: put your images there "
                 "(subfolders become class labels) or point data.root at them")
