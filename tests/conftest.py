@@ -143,3 +143,12 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     return tmp_path
+
+
+def assert_same_training(a, b) -> None:
+    """Two trainer.TrainResults trained the same: weights, EMA and logged losses bit for bit (resume tests)."""
+    for x, y in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    for x, y in zip(a.ema.parameters(), b.ema.parameters()):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]

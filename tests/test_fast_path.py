@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import assert_same_training
+
 from driftin import feature_cache
 from driftin.config import TrainConfig
 from driftin.objectives import ddpm_objective
@@ -71,11 +73,7 @@ def test_fast_path_resumes_bit_exactly(tmp_path):
         train_ddpm(tmp_path, cfg(True), "part", interrupt_at=4)
     resumed = train_ddpm(tmp_path, cfg(True), "part")
     assert resumed.resumed_from == 4
-    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    for a, b in zip(full.ema.parameters(), resumed.ema.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]
+    assert_same_training(full, resumed)
 
 
 def test_compiled_training_reports_its_compile_time(tmp_path):

@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import assert_same_training
+
 from driftin.config import TrainConfig
 from driftin.runtime import DistInfo
 from driftin.trainer import TrainingDiverged, TrainingInterrupted, checkpoint_path, ema_decay, train
@@ -60,11 +62,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert state["step"] == 8
     resumed = run(tmp_path, cfg(), name="part")
     assert resumed.resumed_from == 8
-    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    for a, b in zip(full.ema.parameters(), resumed.ema.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]
+    assert_same_training(full, resumed)
 
 
 def test_nan_loss_stops_with_intact_checkpoint(tmp_path):
