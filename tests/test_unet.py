@@ -191,3 +191,16 @@ def test_conditional_net_trains_every_parameter_and_traces_as_one_graph():
     model.eval()
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x, t, labels, alpha), model(x, t, labels, alpha))
+
+
+def test_alpha_steers_the_untrained_net_about_as_much_as_the_label():
+    """Both conditioning inputs start at one scale, as in the official code (both embeddings there at 0.02): with
+    alpha 50x weaker than the label, short runs never learnt to use it (a flat alpha sweep)."""
+    torch.manual_seed(0)
+    model = build_unet("tiny", 16, num_classes=4, alpha_cond=True).eval()
+    x, t = torch.randn(8, 3, 16, 16), torch.zeros(8, dtype=torch.long)
+    with torch.no_grad():
+        base = model(x, t, torch.zeros(8, dtype=torch.long), alpha=1.0)
+        by_label = (model(x, t, torch.ones(8, dtype=torch.long), alpha=1.0) - base).norm()
+        by_alpha = (model(x, t, torch.zeros(8, dtype=torch.long), alpha=4.0) - base).norm()
+    assert by_alpha > 0.2 * by_label, (float(by_alpha), float(by_label))
