@@ -92,7 +92,7 @@ def results_markdown(metrics: Path = Path("metrics"), plots: Path = Path("plots"
     for k, t in train.items():
         lines.append(f"| {k} | {t['steps']} | {t['batch_size']} | {t['train_seconds']:.0f} s | "
                      f"{t['images_per_s']:.0f} |")
-    curves = curves_markdown(metrics, plots)
+    curves = curves_markdown(train, plots)
     return "\n".join(lines) + ("\n" + curves if curves else "")
 
 
@@ -125,9 +125,9 @@ def reach_markdown(curves: dict[str, list[dict]], floor: float | None) -> str:
     return "\n".join(lines)
 
 
-def curves_markdown(metrics: Path, plots: Path) -> str:
-    """The quality-curve section of the results: where each curve ends, its cost, and the reach table."""
-    train = {k: _load(metrics, f"train_{k}") for k in MODELS}
+def curves_markdown(train: dict[str, dict], plots: Path) -> str:
+    """The quality-curve section of the results (train: model -> its metrics/train_<model>.json): where each curve
+    ends, its cost, and the reach table."""
     if not all("curve" in t for t in train.values()):
         return ""
     curves = {k: read_evals(plots / f"train_{k}") for k in MODELS}
