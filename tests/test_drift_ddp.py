@@ -105,12 +105,13 @@ def test_two_process_field_and_gradients_match_one_process(tmp_path: Path):
     V_ddp = torch.cat([r["V"] for r in ranks], dim=1)  # rank-major rows = global order
     print(f"\nDDP vs 1-process: max |V diff| = {(V_ddp - V_ref).abs().max().item():.2e} "
           f"(max |V| = {V_ref.abs().max().item():.2f})")
-    torch.testing.assert_close(V_ddp, V_ref, atol=1e-5, rtol=0)
+    # 1e-5 relative to the field's scale (each V_tau has unit RMS), the tolerance the batched kernel promises.
+    torch.testing.assert_close(V_ddp, V_ref, atol=1e-5 * V_ref.abs().max().item(), rtol=0)
     # Weighted extra negatives: each rank passes its share (rows and weights), gathered like the positives.
     u, w = _global_extra_negatives()
     V_weighted_ref = compute_drift(gen["loc"], pos["loc"], neg_extra=u, neg_weight=w)
     V_weighted = torch.cat([r["V_weighted"] for r in ranks], dim=1)
-    torch.testing.assert_close(V_weighted, V_weighted_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(V_weighted, V_weighted_ref, atol=1e-5 * V_weighted_ref.abs().max().item(), rtol=0)
     assert (V_weighted_ref - V_ref).abs().max() > 1e-2  # the extra negatives change the field
     for k, v in gen.items():
         # The local loss is a mean over 1/WORLD of the elements, so each rank's gradient is WORLD times the

@@ -39,6 +39,7 @@ from .unet import build_unet
 PAPER_SIZE, PAPER_BATCH, PAPER_POSITIVES = 32, 128, 256
 CASES = ("default", "mae32", "resnet18", "dinov2")
 IMPLS = {"old": drift_reference.drift_loss, "new": drift.drift_loss}
+MIN_SECONDS = 5.0  # per path and case, at least
 
 
 def _encoder(name: str) -> nn.Module:
@@ -119,12 +120,14 @@ def bench_case(case: str, params, repeats: int, peak: float) -> dict:
     for call in calls.values():  # warm-up
         call()
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):  # interleaved, so both see the same machine load
+    # Interleaved, so both see the same machine load; a cheap case repeats until each path has run MIN_SECONDS,
+    # since a shared machine's load swings by tens of percent within seconds.
+    while len(times["new"]) < repeats or min(sum(t) for t in times.values()) < MIN_SECONDS:
         for name, call in calls.items():
             times[name].append(_seconds(call))
     flops = kernel_flops(gen, pos, len(taus))
     ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
-    out = {"groups": len(gen), "problems": sum(x.shape[0] for x in gen.values()),
+    out = {"groups": len(gen), "problems": sum(x.shape[0] for x in gen.values()), "repeats": len(times["new"]),
            "generated": next(iter(gen.values())).shape[1], "positives": next(iter(pos.values())).shape[1],
            "gflop_per_call": round(flops / 1e9, 3), "speedup": round(ms["old"] / ms["new"], 2)}
     for name, m in ms.items():

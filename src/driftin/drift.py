@@ -3,9 +3,11 @@
 Implements DRIFTING.md sections 1-3. A step has ~20 feature groups and hundreds of kernel problems; instead of one
 sequence of small ops per group (`driftin.drift_reference`, kept as the test oracle and benchmark baseline), the
 problems of every group are stacked along L by channel count C (one "bucket" per distinct C), so:
-- distances and the field's matmuls are one batched matmul per bucket;
-- the affinities of all problems and temperatures are computed together, in chunks of problems sized to stay in
-  cache, with no Python loop over groups or temperatures;
+- distances and the field's matmuls are batched matmuls over a bucket's problems, in chunks of problems sized to
+  stay in cache, each chunk's reductions taken while it is there;
+- the affinities of all problems and temperatures are computed together, in those chunks, with no Python loop over
+  groups or temperatures; the cross-weighting is folded into the affinities, so one matmul per chunk gives the
+  field of all temperatures;
 - the per-group constants (S, lambda, energy) are segment sums over the stacked problems, and under DDP each is one
   collective for all groups (6 per step instead of 7 per group).
 Optional extra negatives with weights (the official code's unconditional negatives for class-conditional training
@@ -39,13 +41,14 @@ CHUNK_ELEMENTS = 1 << 19
 
 class _Problems(NamedTuple):
     """Feature groups stacked by channel count; bucket b holds the problems of all groups with C = C_b."""
-    x: list[Tensor]  # per bucket [L_b, N, C_b] generated features (keep their autograd graph)
-    y: list[Tensor]  # per bucket [L_b, Np, C_b] positive features
-    u: list[Tensor]  # per bucket [L_b, Nu, C_b] extra negatives (Nu = 0 without them)
+    t: list[Tensor]  # per bucket [L_b, Np + Nu + N, C_b] this rank's targets: positives, extra negatives (Nu = 0
+    # without them), generated; fp32, detached
     w: list[Tensor]  # per bucket [L_b, Nu] the extra negatives' target weights
+    n: tuple[int, int, int]  # this rank's (Np, Nu, N)
     gid: Tensor  # [L] group index of every stacked problem, L = sum L_b, bucket-major
     sizes: list[int]  # L_g per group, in group-index order
     names: list[str]  # group names, in group-index order
+    rows: list[tuple[int, slice]]  # per group, in group-index order: its bucket and its rows there
 
 
 class _Field(NamedTuple):
@@ -105,7 +108,8 @@ def _cdist(a: Tensor, a_sq: Tensor, b: Tensor, b_sq: Tensor, out: Tensor) -> Ten
 
 def _stack(gen_feats: Mapping[str, Tensor], pos_feats: Mapping[str, Tensor],
            neg_feats: Mapping[str, Tensor] | None = None, neg_weight: NegWeight = 1.0) -> _Problems:
-    """Group dicts -> problems stacked by C: the one copy of the features the kernel makes."""
+    """Group dicts -> problems stacked by C: the one copy of the features the kernel makes, straight into the
+    targets (detached; the loss takes its gradient from the group tensors themselves)."""
     by_c: dict[int, list[str]] = {}
     for name, x in gen_feats.items():
         by_c.setdefault(x.shape[-1], []).append(name)
@@ -113,21 +117,28 @@ def _stack(gen_feats: Mapping[str, Tensor], pos_feats: Mapping[str, Tensor],
     sizes = [gen_feats[n].shape[0] for n in names]
     device = gen_feats[names[0]].device
     gid = torch.repeat_interleave(torch.arange(len(names), device=device), torch.tensor(sizes, device=device))
-    x = [torch.cat([gen_feats[n].float() for n in bucket]) for bucket in by_c.values()]
-    y = [torch.cat([pos_feats[n].float() for n in bucket]) for bucket in by_c.values()]
-
-    def negatives(n: str) -> Tensor:  # [L, Nu, C]
-        if neg_feats is None:
-            return gen_feats[n].new_zeros(gen_feats[n].shape[0], 0, gen_feats[n].shape[2], dtype=torch.float32)
-        return neg_feats[n].float()
-
-    def weights(n: str, u: Tensor) -> Tensor:  # [L, Nu]
-        w = neg_weight[n] if isinstance(neg_weight, Mapping) else neg_weight
-        return torch.as_tensor(w, dtype=torch.float32, device=device).broadcast_to(u.shape[:2])
-
-    u = [[negatives(n) for n in bucket] for bucket in by_c.values()]
-    w = [torch.cat([weights(n, un) for n, un in zip(bucket, ub)]) for bucket, ub in zip(by_c.values(), u)]
-    return _Problems(x=x, y=y, u=[torch.cat(ub) for ub in u], w=w, gid=gid, sizes=sizes, names=names)
+    n_gen, n_pos = gen_feats[names[0]].shape[1], pos_feats[names[0]].shape[1]
+    n_u = 0 if neg_feats is None else neg_feats[names[0]].shape[1]
+    off = n_pos + n_u
+    targets, weights, rows = [], [], []
+    for b, bucket in enumerate(by_c.values()):
+        length = sum(gen_feats[n].shape[0] for n in bucket)
+        t = torch.empty(length, off + n_gen, gen_feats[bucket[0]].shape[-1], device=device, dtype=torch.float32)
+        w = torch.empty(length, n_u, device=device, dtype=torch.float32)
+        start = 0
+        for n in bucket:
+            r = slice(start, start + gen_feats[n].shape[0])
+            start = r.stop
+            rows.append((b, r))
+            t[r, :n_pos] = pos_feats[n].detach()  # copy_ converts e.g. a half-precision cache to fp32
+            t[r, off:] = gen_feats[n].detach()
+            if n_u:
+                t[r, n_pos:off] = neg_feats[n].detach()
+                wn = neg_weight[n] if isinstance(neg_weight, Mapping) else neg_weight
+                w[r] = torch.as_tensor(wn, dtype=torch.float32, device=device)
+        targets.append(t)
+        weights.append(w)
+    return _Problems(t=targets, w=weights, n=(n_pos, n_u, n_gen), gid=gid, sizes=sizes, names=names, rows=rows)
 
 
 def _check_negatives(gen_feats: Mapping[str, Tensor], neg_feats: Mapping[str, Tensor] | None,
@@ -199,55 +210,62 @@ def _check_inputs(gen_feats: Mapping[str, Tensor], pos_feats: Mapping[str, Tenso
 @torch.no_grad()
 def _field(p: _Problems, temperatures: Sequence[float], *, tau_times_c: bool, affinity_floor: float,
            group: ProcessGroup | None) -> _Field:
-    """The drift field of every stacked problem; p.x and p.y must not require grad."""
+    """The drift field of every stacked problem (p.t is centred in place)."""
     world, rank = _world(group)
     device = p.gid.device
     n_groups, n_tau = len(p.sizes), len(temperatures)
-    N, n_pos_local = p.x[0].shape[1], p.y[0].shape[1]
-    n_gen, n_pos, n_u = N * world, n_pos_local * world, p.u[0].shape[1] * world
+    n_pos_local, n_u_local, N = p.n
+    n_gen, n_pos, n_u = N * world, n_pos_local * world, n_u_local * world
     off = n_pos + n_u  # first generated column: targets are [positives, extra negatives, generated]
     T, L = off + n_gen, p.gid.numel()
-    # One collective for every bucket's generated, positive and extra negative rows and the negatives' weights.
-    n_b = len(p.x)
-    gathered = _all_gather_rows(p.x + p.y + p.u + [w[..., None] for w in p.w], group)
-    x_all, y_all, u_all = gathered[:n_b], gathered[n_b:2 * n_b], gathered[2 * n_b:3 * n_b]
-    w_all = [w[..., 0] for w in gathered[3 * n_b:]]  # per bucket [L_b, Nu_global]
+    # One collective for every bucket's targets and the extra negatives' weights (rank-major rows).
+    n_b = len(p.t)
+    gathered = _all_gather_rows(p.t + [w[..., None] for w in p.w], group)
+    w_all = [w[..., 0] for w in gathered[n_b:]]  # per bucket [L_b, Nu_global]
+    targets = gathered[:n_b] if world == 1 else [  # rank-major [W x (Np, Nu, N)] -> [W x Np, W x Nu, W x N]
+        torch.cat([part.flatten(1, 2) for part in t.view(t.shape[0], world, -1, t.shape[-1]).split(p.n, dim=2)],
+                  dim=1) for t in gathered[:n_b]]
     buckets, start = [], 0
-    for x in p.x:
-        buckets.append(slice(start, start + x.shape[0]))
-        start += x.shape[0]
+    for t in targets:
+        buckets.append(slice(start, start + t.shape[0]))
+        start += t.shape[0]
 
-    # Distances of this rank's rows to all targets, every problem in one [L, N, T] tensor.
+    # Distances of this rank's rows to all targets, every problem in one [L, N, T] tensor, computed in chunks of
+    # problems with their reductions (S's sums, the column minima) while the chunk is in cache.
+    w = torch.cat(w_all)  # [L, Nu] weights of the extra negatives (gathered: the same on every rank)
     d = torch.empty(L, N, T, device=device)
-    d_yy_sum = torch.empty(L, device=device)
-    d_yy_work = torch.empty(_chunk_size(n_pos_local * n_pos) * n_pos_local * n_pos, device=device)
-    targets = []
-    for rows, xb, yb, ub in zip(buckets, x_all, y_all, u_all):
-        t = torch.cat([yb, ub, xb], dim=1)  # [L_b, T, C] targets: positives, then negatives (extra, generated)
+    sums = torch.zeros(L, 4, device=device)  # per problem: xy, xx, yy, xu
+    d_min = torch.empty(L, T, device=device)
+    per_problem = max(N * T, n_pos_local * n_pos)
+    d_yy_work = torch.empty(_chunk_size(per_problem) * n_pos_local * n_pos, device=device)
+    for rows, t in zip(buckets, targets):  # t: [L_b, T, C] positives, then negatives (extra, generated)
         # Centring is exact for distances and V (W+ and W- rows have equal sums, weights included); it keeps
         # the matmul form accurate. mu comes from gathered targets, so it is the same on every rank.
         t -= t.mean(dim=1, keepdim=True)
         t_sq = torch.linalg.vector_norm(t, dim=-1) ** 2  # [L_b, T]
-        targets.append(t)
         mine = slice(off + rank * N, off + (rank + 1) * N)  # this rank's x_i are rows of t
-        _cdist(t[:, mine], t_sq[:, mine], t, t_sq, out=d[rows])
-        # Positive-positive distances serve only the energy-distance statistic (a convergence signal).
-        mine = slice(rank * n_pos_local, (rank + 1) * n_pos_local)
-        for r in _chunks(slice(0, rows.stop - rows.start), n_pos_local * n_pos):
+        mine_pos = slice(rank * n_pos_local, (rank + 1) * n_pos_local)
+        for r in _chunks(slice(0, rows.stop - rows.start), per_problem):
+            g = slice(rows.start + r.start, rows.start + r.stop)  # the chunk's rows of d and the per-problem stats
+            dr = _cdist(t[r, mine], t_sq[r, mine], t[r], t_sq[r], out=d[g])  # [l, N, T]
+            self_d = dr[:, :, mine].diagonal(dim1=1, dim2=2)  # [l, N] view: x_i vs itself
+            self_d.zero_()  # exact zeros: S counts the gen-gen diagonal
+            sums[g, 0] = dr[..., :n_pos].sum(dim=(1, 2))
+            sums[g, 1] = dr[..., off:].sum(dim=(1, 2))
+            if n_u:  # weighted distances to the extra negatives
+                sums[g, 3] = (dr[..., n_pos:off] * w[g, None]).sum(dim=(1, 2))
+            self_d.fill_(math.inf)  # self-exclusion from here on: logit -inf, weight exactly 0
+            # The column max of the logits is -min_i(d) * scale for every scale: one all-reduce serves all
+            # temperatures.
+            torch.amin(dr, dim=1, out=d_min[g])
+            # Positive-positive distances serve only the energy-distance statistic (a convergence signal).
             d_yy = d_yy_work[:(r.stop - r.start) * n_pos_local * n_pos].view(-1, n_pos_local, n_pos)
-            _cdist(t[r, mine], t_sq[r, mine], t[r, :n_pos], t_sq[r, :n_pos], out=d_yy)  # [l, Np, Npg]
+            _cdist(t[r, mine_pos], t_sq[r, mine_pos], t[r, :n_pos], t_sq[r, :n_pos], out=d_yy)  # [l, Np, Npg]
             d_yy.diagonal(offset=rank * n_pos_local, dim1=1, dim2=2).zero_()
-            d_yy_sum[rows.start + r.start:rows.start + r.stop] = d_yy.sum(dim=(1, 2))
-    self_d = d[:, :, off + rank * N:off + (rank + 1) * N].diagonal(dim1=1, dim2=2)  # [L, N] view: x_i vs itself
-    self_d.zero_()  # exact zeros: S counts the gen-gen diagonal
-    w = torch.cat(w_all)  # [L, Nu] weights of the extra negatives (gathered: the same on every rank)
-    d_xu = (d[..., n_pos:off] * w[:, None]).sum(dim=(1, 2))  # [L] weighted distances to the extra negatives
-    sums = torch.stack([d[..., :n_pos].sum(dim=(1, 2)), d[..., off:].sum(dim=(1, 2)), d_yy_sum, d_xu], dim=1)
+            sums[g, 2] = d_yy.sum(dim=(1, 2))
     sums = _all_reduce(_segment_sum(sums, p.gid, n_groups), dist.ReduceOp.SUM, group)  # [G, 4]: xy, xx, yy, xu
     w_sum = _segment_sum(w.sum(dim=1), p.gid, n_groups)  # [G] total extra-negative weight
-    self_d.fill_(math.inf)  # self-exclusion from here on: logit -inf, weight exactly 0
-    # The column max of the logits is -min_i(d) * scale for every scale: one all-reduce serves all temperatures.
-    d_min = _all_reduce(d.amin(dim=1), dist.ReduceOp.MIN, group)  # [L, T]
+    d_min = _all_reduce(d_min, dist.ReduceOp.MIN, group)  # [L, T]
     d_min = torch.where(torch.isfinite(d_min), d_min, 0.0)  # a column of only self entries (N_global = 1)
 
     size = torch.tensor(p.sizes, device=device, dtype=torch.float32)  # [G] problems per group
@@ -277,12 +295,16 @@ def _field(p: _Problems, temperatures: Sequence[float], *, tau_times_c: bool, af
         """[l, n_tau, 1, T] column sums of col^2 (a norm over dim 2 would be ~10x slower on CPU)."""
         return torch.mul(col, col, out=work_sq[:col.numel()].view(col.shape)).sum(dim=2, keepdim=True)
 
+    # exp(z) as exp2(z log2(e)) with the factor folded into the scale: on CPU exp2 runs ~1.7x faster than exp
+    # (measured on 2-core AVX2), and the two exponentials are the kernel's largest cost.
+    half_scale2 = scale * (0.5 * math.log2(math.e))  # [L, n_tau, 1, 1]
+
     def sqrt_kernel(r: slice, d_ref: Tensor, work: Tensor) -> Tensor:
         """exp(scale * (d_ref - d) / 2) [l, n_tau, N, T], the square root of the softmax numerators with the
         logits shifted by their row or column max (d_ref = row or column min of d), for every temperature."""
         l = r.stop - r.start
         delta = torch.sub(d_ref, d[r], out=work_d[:l * N * T].view(l, N, T))
-        return torch.mul(delta[:, None], scale[r] / 2, out=work[:l * n_tau * N * T].view(l, n_tau, N, T)).exp_()
+        return torch.mul(delta[:, None], half_scale2[r], out=work[:l * n_tau * N * T].view(l, n_tau, N, T)).exp2_()
 
     col_sum = None
     if world > 1:  # the column softmax runs over every rank's rows: all-reduce its sums before the field
@@ -291,9 +313,9 @@ def _field(p: _Problems, temperatures: Sequence[float], *, tau_times_c: bool, af
             col_sum[r] = col_sum_of(sqrt_kernel(r, d_min[r, None], work_col))
         col_sum = _all_reduce(col_sum, dist.ReduceOp.SUM, group)
 
-    # The field is built transposed, V^T = t^T B^T: with C rows the matmuls run ~2x faster than B t on CPU.
-    V_raw = [torch.empty(rows.stop - rows.start, t.shape[-1], n_tau * N, device=device)
-             for rows, t in zip(buckets, targets)]  # per bucket [L_b, C, n_tau*N]
+    V_raw = [torch.empty(rows.stop - rows.start, n_tau * N, t.shape[-1], device=device)
+             for rows, t in zip(buckets, targets)]  # per bucket [L_b, n_tau*N, C]
+    sq = torch.empty(L, n_tau, device=device)  # squared norms of each problem's raw V_tau (for lambda)
     for rows, t, V_b in zip(buckets, targets, V_raw):
         for r in _chunks(rows, n_tau * N * T):
             l = r.stop - r.start
@@ -303,8 +325,10 @@ def _field(p: _Problems, temperatures: Sequence[float], *, tau_times_c: bool, af
             B = sqrt_kernel(r, d[r].amin(dim=-1, keepdim=True), work_row)  # [l, n_tau, N, T]
             rs = torch.linalg.vector_norm(B, dim=-1, keepdim=True).reciprocal_()  # [l, n_tau, N, 1]
             col = sqrt_kernel(r, d_min[r, None], work_col)
-            cs = (col_sum_of(col) if col_sum is None else col_sum[r]).sqrt()  # [l, n_tau, 1, T]
-            B = B.mul_(col).div_(cs)  # global over i; 0/0 only in all-self columns, cleared below
+            inv_cs = (col_sum_of(col) if col_sum is None else col_sum[r]).rsqrt()  # [l, n_tau, 1, T]
+            # Global over i; 0 * inf only in all-self columns, cleared below. (A broadcast multiply runs ~2x
+            # faster than the broadcast divide on CPU.)
+            B = B.mul_(col).mul_(inv_cs)
             if affinity_floor > 0:  # the floor acts on A itself: fold the row scale in first
                 B = B.mul_(rs).clamp_min_(affinity_floor)
                 rs = torch.ones_like(rs)
@@ -314,23 +338,25 @@ def _field(p: _Problems, temperatures: Sequence[float], *, tau_times_c: bool, af
             B[..., off + rank * N:off + (rank + 1) * N].diagonal(dim1=-2, dim2=-1).zero_()
             B = B.view(l, n_tau * N, T)
             B_pos, B_neg = B[..., :n_pos], B[..., n_pos:]  # [l, n_tau*N, Npg], [l, n_tau*N, Nu + Ng]
-            tb = t[r.start - rows.start:r.stop - rows.start]  # [l, T, C]
-            # Cross-weighting W+ = A+ * sum(A-), W- = A- * sum(A+), applied after the matmuls as row scales:
-            # V_i = rs_i^2 (sum(B-)_i (B+ y)_i - sum(B+)_i (B- x)_i).
-            V = V_b[r.start - rows.start:r.stop - rows.start]  # [l, C, n_tau*N]
-            torch.mul(torch.bmm(tb[:, :n_pos].mT, B_pos.mT), B_neg.sum(dim=-1)[:, None], out=V)
-            V.addcmul_(torch.bmm(tb[:, n_pos:].mT, B_neg.mT), B_pos.sum(dim=-1)[:, None], value=-1)
-            row_scale = rs.square().view(l, 1, n_tau * N) * (C[r].sqrt() / S[p.gid[r]])[:, None, None]
-            V *= row_scale  # and normalised units
+            # Cross-weighting W+ = A+ * sum(A-), W- = A- * sum(A+), folded into B in place (with the row scale
+            # rs^2 and the normalised units), so one matmul over all targets gives the field:
+            # V_i = rs_i^2 (sum(B-)_i (B+ y)_i - sum(B+)_i (B- x)_i). One matmul with K = T runs ~1.2x faster
+            # than one per side plus the combination (CPU).
+            row_scale = rs.square().view(l, n_tau * N, 1) * (C[r].sqrt() / S[p.gid[r]])[:, None, None]
+            sum_pos, sum_neg = B_pos.sum(dim=-1, keepdim=True), B_neg.sum(dim=-1, keepdim=True)
+            B_pos.mul_(sum_neg.mul_(row_scale))
+            B_neg.mul_(sum_pos.mul_(row_scale).neg_())
+            V = torch.bmm(B, t[r.start - rows.start:r.stop - rows.start],
+                          out=V_b[r.start - rows.start:r.stop - rows.start])  # [l, n_tau*N, C]
+            sq[r] = V.view(l, n_tau, N * V.shape[-1]).square().sum(dim=-1)  # while V is in cache
 
-    V_raw = [V_b.view(V_b.shape[0], -1, n_tau, N) for V_b in V_raw]  # [L_b, C, n_tau, N]
-    sq = torch.cat([V_b.square().sum(dim=(1, 3)) for V_b in V_raw])  # [L, n_tau]
+    V_raw = [V_b.view(V_b.shape[0], n_tau, N, -1) for V_b in V_raw]  # [L_b, n_tau, N, C]
     sq = _all_reduce(_segment_sum(sq, p.gid, n_groups), dist.ReduceOp.SUM, group)  # [G, n_tau]
     C_group = _segment_sum(C, p.gid, n_groups) / size  # [G]
     lam = (sq / (size * N * world * C_group)[:, None]).sqrt()  # [G, n_tau]
     # An all-zero field (e.g. N_global = 1) stays zero instead of 0/0.
     inv_lam = 1.0 / lam.clamp_min(1e-12)
-    V = [(V_b * inv_lam[p.gid[rows], None, :, None]).sum(dim=2).mT
+    V = [(V_b * inv_lam[p.gid[rows], :, None, None]).sum(dim=1)
          for rows, V_b in zip(buckets, V_raw)]  # sum_tau V_tau / lambda_tau, [L_b, N, C_b]
     return _Field(V=V, S=S, lam=lam, energy=energy)
 
@@ -392,17 +418,14 @@ def drift_loss(gen_feats: Mapping[str, Tensor], pos_feats: Mapping[str, Tensor],
     """
     _check_inputs(gen_feats, pos_feats, temperatures, affinity_floor, group, neg_feats, neg_weight)
     p = _stack(gen_feats, pos_feats, neg_feats, neg_weight)
-    field = _field(p._replace(x=[x.detach() for x in p.x], y=[y.detach() for y in p.y], u=[u.detach() for u in p.u]),
-                   temperatures, tau_times_c=tau_times_c, affinity_floor=affinity_floor, group=group)
-    start, per_problem = 0, []
-    for x, V in zip(p.x, field.V):
-        gid = p.gid[start:start + x.shape[0]]
-        start += x.shape[0]
-        x_n = x * (math.sqrt(x.shape[-1]) / field.S[gid])[:, None, None]  # [L_b, N, C], S carries no gradient
-        target = (x_n + V).detach()
-        per_problem.append((x_n - target).square().sum(dim=(1, 2)) / x[0].numel())  # [L_b]
-    size = torch.tensor(p.sizes, device=p.gid.device, dtype=torch.float32)
-    losses = _segment_sum(torch.cat(per_problem), p.gid, len(p.sizes)) / size  # [G] per-group means
+    field = _field(p, temperatures, tau_times_c=tau_times_c, affinity_floor=affinity_floor, group=group)
+    losses = []
+    for g, (name, (b, rows)) in enumerate(zip(p.names, p.rows)):
+        x = gen_feats[name].float()
+        x_n = x * (math.sqrt(x.shape[-1]) / field.S[g])  # [L_g, N, C], S carries no gradient
+        target = (x_n + field.V[b][rows]).detach()
+        losses.append((x_n - target).square().sum() / x.numel())  # the mean over the group's problems
+    losses = torch.stack(losses)  # [G]
     per_group = {"loss": losses.detach(), "drift_norm": field.lam.mean(dim=1), "energy": field.energy}
     # One device sync for all stats.
     table = torch.stack(list(per_group.values())).tolist()
