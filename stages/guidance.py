@@ -7,11 +7,11 @@ stage used reuses that stage's first evaluate.sweep.samples images (the same noi
 import time
 
 from driftin import cli
-from driftin.benchmark import count_nfe
+from driftin.benchmark import nfe_per_sample
 from driftin.config import load_params
 from driftin.files import load_npz, read_json, write_csv, write_json
-from driftin.generators import (channels_last_sampler, class_labels, fixed_noise, generate, guidance_for,
-                                load_generator, num_classes)
+from driftin.generators import (channels_last_sampler, class_labels, generate, guidance_for, load_generator,
+                                num_classes)
 from driftin.judge import Judge
 from driftin.runtime import configure_threads, resolve_device
 from driftin.scores import significant
@@ -60,9 +60,7 @@ def main() -> None:
                                   batch_size=ev.batch_size, device=device, desc=f"guidance {kind} {value:g}",
                                   num_classes=k)
             seconds = time.perf_counter() - t0
-            lab0 = class_labels([0], k)
-            nfe = count_nfe(model, lambda _, z: sample(z, None if lab0 is None else lab0.to(device)),
-                            fixed_noise([0], (3, size, size), params.seed).to(device))
+            nfe = nfe_per_sample(model, sample, num_classes=k, image_size=size, seed=params.seed, device=device)
             m = judge.score(images, None if labels is None else labels.numpy(), draws=ev.bootstrap,
                             seed=params.seed, precision_recall_too=False)
             row = {"guidance": value, "nfe": nfe, "seconds": round(seconds, 2),  # seconds: 0-ish when reused

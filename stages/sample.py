@@ -4,11 +4,11 @@ identical inputs. Conditional generators sample with evaluate.guidance.<model> (
 import time
 
 from driftin import cli
-from driftin.benchmark import count_nfe
+from driftin.benchmark import nfe_per_sample
 from driftin.config import load_params
 from driftin.files import save_npz, write_json
-from driftin.generators import (channels_last_sampler, class_labels, fixed_noise, generate, guidance_for,
-                                load_generator, num_classes)
+from driftin.generators import (channels_last_sampler, class_labels, generate, guidance_for, load_generator,
+                                num_classes)
 from driftin.runtime import configure_threads, resolve_device
 
 
@@ -24,7 +24,7 @@ def main() -> None:
     device = resolve_device(params.device)
     model, record = load_generator(args.generator, device)
     kind, size, k = record["kind"], record["image_size"], num_classes(record)
-    guidance = guidance_for(kind, k, ev.guidance)
+    guidance = guidance_for(kind, k, getattr(ev.guidance, kind))
     sample = channels_last_sampler(kind, model, ev.ddim_steps, **guidance)
 
     t0 = time.perf_counter()
@@ -36,9 +36,7 @@ def main() -> None:
     save_npz(args.out, images=images, **({} if labels is None else {"labels": labels.numpy()}))
     # Network evaluations per sample, counted on one sample rather than assumed: render and the README label
     # these samples with it.
-    lab0 = class_labels([0], k)
-    nfe = count_nfe(model, lambda _, z: sample(z, None if lab0 is None else lab0.to(device)),
-                    fixed_noise([0], (3, size, size), params.seed).to(device))
+    nfe = nfe_per_sample(model, sample, num_classes=k, image_size=size, seed=params.seed, device=device)
     write_json(args.metrics, {
         "num_samples": int(len(images)), "seconds": round(seconds, 2), "nfe": nfe,
         "conditional": bool(k), **guidance,

@@ -179,6 +179,17 @@ def count_nfe(model: nn.Module, sampler: Sampler, z: Tensor) -> int:
     return rows // z.shape[0]
 
 
+def nfe_per_sample(model: nn.Module, sample: Callable[..., Tensor], *, num_classes: int, image_size: int,
+                   seed: int, device: torch.device) -> int:
+    """count_nfe of `sample(z[, labels])` (a generators sampler) on sample 0's fixed noise, with class 0's label
+    for a conditional generator: what the sample and guidance stages report next to their images."""
+    from .generators import class_labels, fixed_noise  # generators imports nothing from here; keep it that way
+
+    label = class_labels([0], num_classes)
+    z = fixed_noise([0], (3, image_size, image_size), seed).to(device)
+    return count_nfe(model, lambda _, x: sample(x) if label is None else sample(x, label.to(device)), z)
+
+
 def _row(model: str, mode: str, batch: int, status: str, reason: str = "", **metrics: Any) -> dict[str, Any]:
     row = dict.fromkeys(ROW_KEYS)
     row.update(model=model, mode=mode, batch_size=batch, status=status, reason=reason, **metrics)

@@ -28,7 +28,7 @@ class CurveEvaluator:
                  seed: int, device: torch.device) -> None:
         self.kind, self.judge, self.ev, self.n = kind, judge, evaluate, samples
         self.k, self.size, self.seed, self.device = num_classes, image_size, seed, device
-        self.guidance = guidance_for(kind, num_classes, evaluate.guidance)
+        self.guidance = guidance_for(kind, num_classes, getattr(evaluate.guidance, kind))
         labels = class_labels(range(samples), num_classes)
         self.labels = None if labels is None else labels.numpy()
 

@@ -136,13 +136,12 @@ def class_labels(indices: range | list[int], k: int) -> torch.Tensor | None:
     return torch.tensor([i % k for i in indices], dtype=torch.long) if k else None
 
 
-def guidance_for(kind: str, k: int, value: Any) -> dict[str, Any]:
+def guidance_for(kind: str, k: int, value: float) -> dict[str, Any]:
     """sampler()'s guidance argument for a generator with K classes (none for an unconditional one): `value` is
-    the CFG scale (ddpm) or alpha (drift), or an object with both as attributes `ddpm` and `drift`."""
+    the CFG scale (ddpm) or alpha (drift)."""
     if not k:
         return {}
-    v = float(getattr(value, kind, value))
-    return {"guidance": v} if kind == "ddpm" else {"alpha": v}
+    return {"guidance": float(value)} if kind == "ddpm" else {"alpha": float(value)}
 
 
 @torch.no_grad()
