@@ -75,6 +75,14 @@ def test_stage_error_is_the_last_word(tmp_path, nproc):
     assert proc.stderr.rstrip().splitlines()[-1].startswith("error: params.yaml asks for device: cuda")
 
 
+def test_a_hand_run_training_stage_without_the_reference_names_what_to_do(tmp_path):
+    """With the quality curve on (the micro params), a training stage run outside DVC before `reference` used to
+    end with only "[Errno 2] No such file or directory: 'data/eval'", naming neither the key nor the way out."""
+    with_training_data(tmp_path)
+    proc = run(tmp_path, dvc_cmd("train_ddpm", micro_params()), micro_params())
+    assert_clean_failure(proc, "ddpm.eval_every", "data/eval/reference.npz", "ddpm.eval_every: 0")
+
+
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_ctrl_c_reaches_the_stage_which_checkpoints(tmp_path, nproc):
     with_training_data(tmp_path)

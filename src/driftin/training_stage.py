@@ -17,6 +17,7 @@ from .files import load_npz, write_json
 from .generators import save_generator
 from .judge import Judge
 from .live_log import TrainingLog
+from .rules import ConfigError
 from .runtime import DistInfo
 from .trainer import LossFn, checkpoint_path, train
 
@@ -47,6 +48,11 @@ def run_training(*, kind: str, script: Path, params: Params, cfg: TrainConfig, m
     `live` is the DVCLive folder; `eval_dir` the reference stage's output and `test` the held-out split (the
     curve's judge and its real floor)."""
     if cfg.eval_every > 0:  # a resumed run continues its curve only if it would be judged the same way
+        missing = [p for p in (Path(eval_dir) / "reference.npz", Path(test)) if not p.is_file()]
+        if missing:  # DVC builds both before training; a hand-run stage may not have them
+            raise ConfigError(f"params.yaml: {kind}.eval_every is {cfg.eval_every}, and the quality curve needs "
+                              f"{' and '.join(map(str, missing))} (built by `dvc repro reference prepare`); run "
+                              f"those stages first, or set {kind}.eval_every: 0 to train without the curve.")
         ev = params.evaluate
         identity = {**identity, "curve": {"ddim_steps": ev.ddim_steps, "batch_size": ev.batch_size,
                                           "bootstrap": ev.bootstrap, "guidance": as_dict(ev.guidance)}}
