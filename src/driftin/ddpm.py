@@ -154,10 +154,12 @@ def ddim_sample(
     stride = T // num_steps
     ab = alpha_bar.double().tolist()  # python floats: schedule maths stays float64 whatever x_T's dtype
     x = x_T
-    for t in timesteps.tolist():
+    # Every step's t as one device tensor, built once: a step indexes a view instead of filling a new tensor.
+    t_rows = timesteps.to(device=x.device, dtype=torch.long)[:, None].expand(-1, x.shape[0])
+    for i, t in enumerate(timesteps.tolist()):
         a_t = ab[t]
         a_prev = ab[t - stride] if t - stride >= 0 else 1.0
-        eps = eps_model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)).to(x.dtype)
+        eps = eps_model(x, t_rows[i]).to(x.dtype)
         x0_hat = ((x - (1.0 - a_t) ** 0.5 * eps) / a_t**0.5).clamp(-1.0, 1.0)  # (B, C, H, W)
         # sigma_t(eta) of DDIM eq. 16; zero for eta = 0 (deterministic DDIM).
         sigma = eta * ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)) ** 0.5
